@@ -1,0 +1,104 @@
+"""The `scone-jax` command.
+
+Each subcommand lives in the module of the stage it belongs to; that module defines
+`add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their
+subcommand runs, so `scone-jax prepare --help` never pays for importing JAX or TensorFlow.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from scone_jax.errors import UserError
+
+# name -> (module, one-line help). Nested groups are dicts.
+COMMANDS: dict[str, object] = {
+    "prepare": ("scone_jax.data.prepare", "tokenize a corpus into ArrayRecord shards"),
+    "fgrams": {
+        "build": ("scone_jax.fgram.build", "count n-grams and write the f-gram vocabulary"),
+        "match": ("scone_jax.fgram.match_cli", "show the f-gram match of every position"),
+    },
+    "train": ("scone_jax.train.loop", "train from gin files; resumes automatically"),
+    "eval": ("scone_jax.train.evaluate", "validation loss and perplexity of a run"),
+    "compile": ("scone_jax.train.aot", "AOT-compile the train step for a TPU topology"),
+    "export": ("scone_jax.export.writer", "precompute the f-gram table into a zarr store"),
+    "generate": ("scone_jax.serve.generate", "decode from a trained run"),
+    "sweep": ("scone_jax.sweep", "sweep |V_f|, A_f size and K; collect a results table"),
+    "demo": ("scone_jax.demo", "the end-to-end demo on the embedded corpus"),
+    "bench": {
+        "train": ("scone_jax.bench.train", "MFU of the train step against this host's matmul peak"),
+        "count": ("scone_jax.bench.count", "n-gram counting throughput vs a sort-and-count"),
+        "match": ("scone_jax.bench.match", "exact matcher throughput vs a dict matcher"),
+    },
+}
+
+
+def _add(sub, name: str, spec) -> None:
+  if isinstance(spec, dict):
+    parser = sub.add_parser(name, help=f"{name} subcommands")
+    inner = parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+    for child, child_spec in spec.items():
+      _add(inner, child, child_spec)
+    return
+  module_name, help_text = spec
+  parser = sub.add_parser(name, help=help_text, description=help_text)
+  parser.set_defaults(_module=module_name, _parser=parser)
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="scone-jax", description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+  for name, spec in COMMANDS.items():
+    _add(sub, name, spec)
+  return parser
+
+
+def _selected_module(argv: list[str]) -> str | None:
+  """Finds the module of the subcommand named in argv without parsing its flags."""
+  spec: object = COMMANDS
+  for word in argv:
+    if word.startswith("-"):
+      break
+    if not isinstance(spec, dict) or word not in spec:
+      return None
+    spec = spec[word]
+    if not isinstance(spec, dict):
+      return spec[0]
+  return None
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = build_parser(argv)
+  module_name = _selected_module(argv)
+  module = None
+  if module_name is not None:
+    module = importlib.import_module(module_name)
+    # Re-create the leaf parser with the module's own flags.
+    leaf = parser
+    words = [w for w in argv if not w.startswith("-")]
+    spec: object = COMMANDS
+    for word in words:
+      if not isinstance(spec, dict):
+        break
+      action = next(a for a in leaf._actions if isinstance(a, argparse._SubParsersAction))
+      leaf = action.choices[word]
+      spec = spec[word]
+    module.add_arguments(leaf)
+  args, extra = parser.parse_known_args(argv)
+  if extra and not getattr(module, "ACCEPTS_EXTRA", False):
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+  args.extra = extra
+  try:
+    return int(module.run(args) or 0)
+  except UserError as e:
+    print(f"scone-jax {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f"scone-jax {args.command}: interrupted", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,116 @@
+"""The f-gram vocabulary file: `FG/fgrams.parquet` (rank order) and `FG/meta.json`.
+
+Row r of fgrams.parquet is f-gram id r: columns `tokens` (list<int32>) and `count` (int64),
+ranked by (count desc, n asc, token ids asc) as METHODS.md 1.1 fixes.
+In memory the f-grams are kept flat: `flat` holds every f-gram's ids back to back and
+`offsets[r]:offsets[r+1]` is f-gram r.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from scone_jax.errors import UserError
+
+PARQUET = "fgrams.parquet"
+META = "meta.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class FgramMeta:
+  max_n: int            # K
+  size: int             # S requested
+  min_count: int        # c_min
+  tokens_counted: int   # tokens in the counted split
+  data_fingerprint: str  # scone_jax.data.shards.data_fingerprint of DATA
+  num_fgrams: int       # rows actually written (<= size when few n-grams reach c_min)
+  vocab_size: int
+  parquet_sha256: str = ""
+
+
+@dataclasses.dataclass
+class FgramVocab:
+  flat: np.ndarray     # int32 [sum of lengths]
+  offsets: np.ndarray  # int64 [S + 1]
+  counts: np.ndarray   # int64 [S]
+  meta: FgramMeta
+
+  def __len__(self) -> int:
+    return len(self.counts)
+
+  @property
+  def lengths(self) -> np.ndarray:
+    return np.diff(self.offsets).astype(np.int32)
+
+  def fgram(self, r: int) -> tuple[int, ...]:
+    return tuple(int(t) for t in self.flat[self.offsets[r]:self.offsets[r + 1]])
+
+  def as_tuples(self) -> list[tuple[int, ...]]:
+    return [self.fgram(r) for r in range(len(self))]
+
+  @classmethod
+  def from_tuples(cls, fgrams, counts, meta: FgramMeta) -> "FgramVocab":
+    lengths = np.array([len(g) for g in fgrams], dtype=np.int64)
+    offsets = np.zeros(len(fgrams) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((t for g in fgrams for t in g), dtype=np.int32, count=int(offsets[-1]))
+    return cls(flat, offsets, np.asarray(counts, dtype=np.int64), meta)
+
+
+def _sha256(path: str) -> str:
+  import hashlib
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def save(vocab: FgramVocab, out_dir: str) -> None:
+  """Writes FG atomically: into a temporary sibling directory, then renamed into place, so an
+  interrupted write never leaves a directory that looks complete."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".fgrams-", dir=parent)
+  try:
+    tokens = pa.ListArray.from_arrays(pa.array(vocab.offsets.astype(np.int32)), pa.array(vocab.flat, pa.int32()))
+    table = pa.table({"tokens": tokens, "count": pa.array(vocab.counts, pa.int64())})
+    pq.write_table(table, os.path.join(tmp, PARQUET))
+    meta = dataclasses.replace(vocab.meta, num_fgrams=len(vocab), parquet_sha256=_sha256(os.path.join(tmp, PARQUET)))
+    with open(os.path.join(tmp, META), "w") as f:
+      json.dump(dataclasses.asdict(meta), f, indent=2, sort_keys=True)
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def load(fg_dir: str, verify: bool = True) -> FgramVocab:
+  """Reads FG; refuses a directory whose parquet does not match the hash in its meta.json."""
+  import pyarrow.parquet as pq
+  meta_path, pq_path = os.path.join(fg_dir, META), os.path.join(fg_dir, PARQUET)
+  for p in (meta_path, pq_path):
+    if not os.path.isfile(p):
+      raise UserError(f"{p!r} does not exist: build it with `scone-jax fgrams build --out {fg_dir}`")
+  try:
+    with open(meta_path) as f:
+      meta = FgramMeta(**json.load(f))
+  except (json.JSONDecodeError, TypeError) as e:
+    raise UserError(f"{meta_path!r} is not a valid f-gram meta.json ({e}); rebuild the f-grams") from e
+  if verify and meta.parquet_sha256 and _sha256(pq_path) != meta.parquet_sha256:
+    raise UserError(f"{pq_path!r} does not match the sha256 in its meta.json (corrupted?); rebuild the f-grams")
+  table = pq.read_table(pq_path)
+  tokens = table.column("tokens").combine_chunks()
+  offsets = np.asarray(tokens.offsets, dtype=np.int64)
+  flat = np.asarray(tokens.values, dtype=np.int32)
+  counts = np.asarray(table.column("count"), dtype=np.int64)
+  return FgramVocab(flat, offsets - offsets[0], counts, meta)

@@ -1,0 +1,37 @@
+"""scone_jax: SCONE-style embedding scaling for JAX/Flax language-model pretraining."""
+from setuptools import find_packages, setup
+
+setup(
+    name="scone_jax",
+    version="0.1.0",
+    description="Pretraining with scalable, offloaded n-gram embeddings (SCONE, LongCat, STEM) in JAX/Flax NNX",
+    packages=find_packages(include=["scone_jax", "scone_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
+        "array-record>=0.8.6",
+        "tensorstore>=0.1.86",
+        "gin-config>=0.5.0",
+        # sentencepiece 0.2.2+ is generated with protobuf 7 gencode, while apache-beam and
+        # tensorflow (through seqio) need protobuf < 7: 0.2.1 + protobuf 6.33 coexist.
+        "sentencepiece==0.2.1",
+        "protobuf>=6.33,<7",
+        "seqio>=0.0.20",
+        "pyarrow>=20",
+        "tensorboardX>=2.6",
+        "rich>=13",
+        "matplotlib>=3.8",
+        "numpy>=2.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "zarr>=3.1"],
+        "beam": ["apache-beam>=2.77.0"],
+        "tpu": ["libtpu>=0.0.51"],
+        "cuda": ["jax[cuda12]>=0.10.2"],
+    },
+    entry_points={"console_scripts": ["scone-jax=scone_jax.cli:main"]},
+)
