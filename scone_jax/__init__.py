@@ -1,2 +1,19 @@
 """scone_jax: pretraining with scalable, offloaded n-gram embeddings in JAX/Flax NNX."""
+import glob as _glob
+import os as _os
+
 __version__ = "0.1.0"
+
+
+def _default_platforms() -> None:
+  # libtpu is installed everywhere (for AOT compilation against TPU topologies); on a host with no
+  # TPU attached, JAX would still probe it and print pages of warnings. Pick the platforms that
+  # exist unless the user chose.
+  if "JAX_PLATFORMS" in _os.environ:
+    return
+  if _glob.glob("/dev/accel*") or _glob.glob("/dev/vfio/[0-9]*"):
+    return
+  _os.environ["JAX_PLATFORMS"] = "cuda,cpu" if _glob.glob("/dev/nvidia[0-9]*") else "cpu"
+
+
+_default_platforms()

@@ -1,0 +1,188 @@
+"""Document sources for `scone-jax prepare`: what a corpus is and how its documents are read.
+
+A corpus is re-iterable: `documents()` yields the same `Document`s in the same order every
+time (prepare reads it twice: once to split and sample, once to tokenize). Sources:
+  builtin:python-stdlib  the running interpreter's standard library, .py files, no tests
+  GLOB[,GLOB...]         files; `.jsonl` = one document per line (field `text`), else one per file
+  seqio:TASK             a registered seqio Task's text feature (see seqio_task.py)
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import sysconfig
+from typing import Callable, Iterator, NamedTuple
+
+from scone_jax.errors import UserError
+
+BUILTIN_STDLIB = "builtin:python-stdlib"
+SEQIO_PREFIX = "seqio:"
+# Directory names that hold tests or their data; never part of the stdlib corpus.
+TEST_DIR_NAMES = frozenset({"test", "tests", "testing", "idle_test", "testdata", "test_data"})
+SKIPPED_DIR_NAMES = frozenset({"site-packages", "dist-packages", "__pycache__"})
+
+
+class Document(NamedTuple):
+  """One document: `identity` names it stably (path, path:line, task/split:index)."""
+  identity: str
+  text: str
+
+
+@dataclasses.dataclass
+class Corpus:
+  """A named, re-iterable stream of documents."""
+  source: str  # as recorded in meta.json
+  _read: Callable[[], Iterator[Document]]
+  max_docs: int | None = None
+  skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # why -> how many
+
+  def documents(self) -> Iterator[Document]:
+    """Yields the non-empty documents in a fixed order (at most `max_docs`)."""
+    count = 0
+    self.skipped.clear()
+    for doc in self._read():
+      if self.max_docs is not None and count >= self.max_docs:
+        return
+      if not doc.text:
+        self.skipped["empty"] = self.skipped.get("empty", 0) + 1
+        continue
+      count += 1
+      yield doc
+
+
+def is_test_dir(name: str) -> bool:
+  return name in TEST_DIR_NAMES or name.startswith("test_") or name.endswith(("_test", "_tests"))
+
+
+def stdlib_root() -> str:
+  return sysconfig.get_paths()["stdlib"]
+
+
+def stdlib_files(root: str | None = None) -> list[str]:
+  """Sorted paths (relative to `root`) of the standard library's .py files, tests excluded."""
+  root = root or stdlib_root()
+  found = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = [d for d in dirnames if d not in SKIPPED_DIR_NAMES and not is_test_dir(d)]
+    rel = os.path.relpath(dirpath, root)
+    for name in filenames:
+      if name.endswith(".py"):
+        found.append(os.path.normpath(os.path.join(rel, name)))
+  return sorted(found)
+
+
+def read_text_file(path: str) -> str:
+  """The exact text of a UTF-8 file (newlines untouched); UserError for binary or non-UTF-8."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise UserError(f"cannot read input {path!r}: {e.strerror or e}") from e
+  if b"\0" in data:
+    raise UserError(f"input {path!r} is a binary file (it contains NUL bytes); pass text files only")
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise UserError(f"input {path!r} is not UTF-8 (bad byte at offset {e.start}); "
+                    "convert it to UTF-8 or leave it out") from e
+
+
+def _stdlib_corpus() -> Corpus:
+  root = stdlib_root()
+  paths = stdlib_files(root)
+  if not paths:
+    raise UserError(f"{BUILTIN_STDLIB}: no .py files under {root!r}; pass --input GLOB instead")
+  skipped: dict[str, int] = {}
+
+  def read() -> Iterator[Document]:
+    for rel in paths:
+      try:
+        text = read_text_file(os.path.join(root, rel))
+      except UserError:
+        # The interpreter's own files are not the user's to fix: leave odd ones out.
+        skipped["unreadable"] = skipped.get("unreadable", 0) + 1
+        continue
+      yield Document(rel, text)
+
+  return Corpus(source=f"{BUILTIN_STDLIB} ({root})", _read=read, skipped=skipped)
+
+
+def _jsonl_documents(path: str, field: str = "text") -> Iterator[Document]:
+  for line_no, line in enumerate(read_text_file(path).splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise UserError(f"input {path!r} line {line_no} is not JSON ({e.msg}); "
+                      "each line must be an object with a string field 'text'") from e
+    if not isinstance(record, dict) or not isinstance(record.get(field), str):
+      raise UserError(f"input {path!r} line {line_no} has no string field {field!r}; "
+                      f"each line must be an object like {{\"{field}\": \"...\"}}")
+    yield Document(f"{path}:{line_no}", record[field])
+
+
+def expand_globs(patterns: list[str]) -> list[str]:
+  """Files matched by each pattern (sorted per pattern, duplicates dropped, first wins)."""
+  paths: list[str] = []
+  seen: set[str] = set()
+  for pattern in patterns:
+    matched = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
+                     if os.path.isfile(p))
+    if not matched:
+      raise UserError(f"--input {pattern!r} matches no files; check the path or quote the glob")
+    for path in matched:
+      key = os.path.realpath(path)
+      if key not in seen:
+        seen.add(key)
+        paths.append(path)
+  return paths
+
+
+def _file_corpus(patterns: list[str]) -> Corpus:
+  paths = expand_globs(patterns)
+
+  def read() -> Iterator[Document]:
+    for path in paths:
+      if path.endswith(".jsonl"):
+        yield from _jsonl_documents(path)
+      else:
+        yield Document(path, read_text_file(path))
+
+  return Corpus(source=",".join(patterns), _read=read)
+
+
+def _seqio_corpus(task_name: str, feature: str, splits: list[str] | None) -> Corpus:
+  from scone_jax.data import seqio_task
+  task_splits = seqio_task.task_text_splits(task_name, feature, splits)
+
+  def read() -> Iterator[Document]:
+    for split in task_splits:
+      for index, text in enumerate(seqio_task.task_texts(task_name, split, feature)):
+        yield Document(f"{task_name}/{split}:{index}", text)
+
+  return Corpus(source=f"{SEQIO_PREFIX}{task_name} ({feature}; {','.join(task_splits)})", _read=read)
+
+
+def open_corpus(inputs: list[str], *, seqio_feature: str = "text",
+                seqio_splits: list[str] | None = None, max_docs: int | None = None) -> Corpus:
+  """The corpus named by --input values: one builtin or seqio source, or any number of globs."""
+  items = [part.strip() for value in inputs for part in value.split(",") if part.strip()]
+  if not items:
+    raise UserError("--input is empty: pass a glob, builtin:python-stdlib or seqio:TASK")
+  special = [i for i in items if i == BUILTIN_STDLIB or i.startswith((SEQIO_PREFIX, "builtin:"))]
+  if special and len(items) > 1:
+    raise UserError(f"--input {special[0]!r} cannot be combined with other inputs; pass it alone")
+  item = items[0]
+  if item == BUILTIN_STDLIB:
+    corpus = _stdlib_corpus()
+  elif item.startswith("builtin:"):
+    raise UserError(f"--input {item!r}: the only builtin corpus is {BUILTIN_STDLIB}")
+  elif item.startswith(SEQIO_PREFIX):
+    corpus = _seqio_corpus(item[len(SEQIO_PREFIX):], seqio_feature, seqio_splits)
+  else:
+    corpus = _file_corpus(items)
+  corpus.max_docs = max_docs
+  return corpus

@@ -1,0 +1,150 @@
+"""Decoder building blocks (Flax NNX): RMSNorm, RoPE, grouped-query attention, SwiGLU, Block.
+
+Dimension letters in names: B batch, L length (queries), S length (keys), D model width,
+N query heads, K key/value heads, H head width, F FFN width, V vocabulary.
+Parameters are float32 and carry `logical_axes` (one name per dimension, mapped to mesh axes by
+scone_jax.parallel.RULES) and `weight_decay` metadata. A module built with `stack=n` holds every
+parameter with a leading layer axis of size n, for jax.lax.scan over layers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from scone_jax.config import ModelConfig
+from scone_jax.parallel import constrain
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisNames:
+  """The logical parameter axes a block uses; the f-gram model uses its own set."""
+  embed: str = "embed"
+  heads: str = "q_heads"
+  kv_heads: str = "kv_heads"
+  mlp: str = "mlp"
+  layers: str = "layers"
+
+
+MAIN_AXES = AxisNames()
+FGRAM_AXES = AxisNames("fgram_embed", "fgram_heads", "fgram_kv_heads", "fgram_mlp", "fgram_layers")
+
+
+def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, ...], *,
+          stack: int = 0, stack_axis: str = "layers", decay: bool = True) -> nnx.Param:
+  if stack:
+    shape, axes = (stack, *shape), (stack_axis, *axes)
+  return nnx.Param(init(rngs.params(), shape, jnp.float32), logical_axes=axes, weight_decay=decay)
+
+
+def rms_norm(x, scale, eps: float):
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (y * scale).astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+  def __init__(self, dim: int, eps: float, rngs: nnx.Rngs, *, axis: str = "norm", stack: int = 0,
+               stack_axis: str = "layers"):
+    self.eps = eps
+    self.scale = param(rngs, nnx.initializers.ones, (dim,), (axis,), stack=stack, stack_axis=stack_axis, decay=False)
+
+  def __call__(self, x):
+    return rms_norm(x, self.scale[...], self.eps)
+
+
+def rope(x_BxLxNxH, positions_BxL, theta: float):
+  """Rotary position embedding (rotate-half form), computed from positions: no length limit."""
+  h = x_BxLxNxH.shape[-1]
+  freq = theta ** (-jnp.arange(0, h // 2, dtype=jnp.float32) * 2.0 / h)
+  angle_BxLxH2 = positions_BxL.astype(jnp.float32)[..., None] * freq
+  sin, cos = jnp.sin(angle_BxLxH2)[:, :, None, :], jnp.cos(angle_BxLxH2)[:, :, None, :]
+  x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxLxNxH.dtype)
+
+
+def attention_mask(q_segment_BxL, k_segment_BxS, q_pos_BxL, k_pos_BxS):
+  """[B, 1, L, S] bool: same segment and causal (by position within the segment)."""
+  same = q_segment_BxL[:, :, None] == k_segment_BxS[:, None, :]
+  causal = q_pos_BxL[:, :, None] >= k_pos_BxS[:, None, :]
+  return (same & causal)[:, None]
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, names: AxisNames = MAIN_AXES, stack: int = 0,
+               d_model: int | None = None):
+    d, n, k, h = d_model or cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
+    init = nnx.initializers.normal(cfg.init_std)
+    out_init = nnx.initializers.normal(cfg.init_std / math.sqrt(2 * max(cfg.num_layers, 1)))
+    kw = dict(stack=stack, stack_axis=names.layers)
+    self.wq = param(rngs, init, (d, n, h), (names.embed, names.heads, "head_dim"), **kw)
+    self.wk = param(rngs, init, (d, k, h), (names.embed, names.kv_heads, "head_dim"), **kw)
+    self.wv = param(rngs, init, (d, k, h), (names.embed, names.kv_heads, "head_dim"), **kw)
+    self.wo = param(rngs, out_init, (n, h, d), (names.heads, "head_dim", names.embed), **kw)
+    self.theta = cfg.rope_theta
+    self.dtype = jnp.dtype(cfg.dtype)
+
+  def qkv(self, x_BxLxD, positions_BxL):
+    dt = self.dtype
+    q = jnp.einsum("bld,dnh->blnh", x_BxLxD, self.wq[...].astype(dt))
+    k = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.wk[...].astype(dt))
+    v = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.wv[...].astype(dt))
+    q = constrain(rope(q, positions_BxL, self.theta), ("batch", "length", "act_heads", None))
+    k = constrain(rope(k, positions_BxL, self.theta), ("batch", "length", "act_kv_heads", None))
+    return q, k, v
+
+  def attend(self, q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_Bx1xLxS):
+    out = jax.nn.dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xLxS)
+    return jnp.einsum("blnh,nhd->bld", out, self.wo[...].astype(self.dtype))
+
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
+    q, k, v = self.qkv(x_BxLxD, positions_BxL)
+    mask = attention_mask(segment_ids_BxL, segment_ids_BxL, positions_BxL, positions_BxL)
+    return self.attend(q, k, v, mask)
+
+
+class MLP(nnx.Module):
+  """SwiGLU: W_down(SiLU(W_gate x) * W_up x)."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, names: AxisNames = MAIN_AXES, stack: int = 0,
+               d_model: int | None = None):
+    d, f = d_model or cfg.d_model, cfg.d_ff
+    init = nnx.initializers.normal(cfg.init_std)
+    out_init = nnx.initializers.normal(cfg.init_std / math.sqrt(2 * max(cfg.num_layers, 1)))
+    kw = dict(stack=stack, stack_axis=names.layers)
+    self.w_gate = param(rngs, init, (d, f), (names.embed, names.mlp), **kw)
+    self.w_up = param(rngs, init, (d, f), (names.embed, names.mlp), **kw)
+    self.w_down = param(rngs, out_init, (f, d), (names.mlp, names.embed), **kw)
+    self.dtype = jnp.dtype(cfg.dtype)
+
+  def up(self, x_BxLxD):
+    return jnp.einsum("bld,df->blf", x_BxLxD, self.w_up[...].astype(self.dtype))
+
+  def __call__(self, x_BxLxD, up_BxLxF=None):
+    dt = self.dtype
+    gate = jax.nn.silu(jnp.einsum("bld,df->blf", x_BxLxD, self.w_gate[...].astype(dt)))
+    up = self.up(x_BxLxD) if up_BxLxF is None else up_BxLxF
+    h = constrain(gate * up, ("batch", "length", "act_mlp"))
+    return jnp.einsum("blf,fd->bld", h, self.w_down[...].astype(dt))
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder block: x + Attn(norm(x)); x + MLP(norm(x))."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, names: AxisNames = MAIN_AXES, stack: int = 0,
+               d_model: int | None = None):
+    d = d_model or cfg.d_model
+    kw = dict(names=names, stack=stack, d_model=d)
+    self.attn_norm = RMSNorm(d, cfg.norm_eps, rngs, stack=stack, stack_axis=names.layers)
+    self.attn = Attention(cfg, rngs, **kw)
+    self.mlp_norm = RMSNorm(d, cfg.norm_eps, rngs, stack=stack, stack_axis=names.layers)
+    self.mlp = MLP(cfg, rngs, **kw)
+
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
+    x = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), positions_BxL, segment_ids_BxL)
+    x = x + self.mlp(self.mlp_norm(x))
+    return constrain(x, ("batch", "length", "act_embed"))

@@ -1,0 +1,141 @@
+"""Mesh, the one logical-axis rules table, and multi-host start-up.
+
+Mesh axes:
+  data    pure data parallelism (parameters replicated)
+  fsdp    data parallelism with parameters and optimizer state sharded over it (ZeRO-3 style)
+  tensor  Megatron-style tensor parallelism: heads, FFN width and vocabulary split over it
+Model code names logical axes only (below); RULES maps them to mesh axes. The f-gram model
+and the embedding tables of the sibling methods have their own logical axes so that they can be
+sharded differently from the main model.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from scone_jax.config import MeshConfig
+from scone_jax.errors import UserError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")
+
+# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
+RULES: tuple[tuple[str, object], ...] = (
+    # activations
+    ("batch", BATCH),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("unique_fgrams", BATCH),     # the distinct f-grams of a batch, spread like the batch
+    # main-model parameters
+    ("layers", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("norm", None),
+    # f-gram model A_f (training only)
+    ("fgram_layers", None),
+    ("fgram_embed", "fsdp"),
+    ("fgram_heads", "tensor"),
+    ("fgram_kv_heads", "tensor"),
+    ("fgram_mlp", "tensor"),
+    ("fgram_pos", None),
+    # sibling methods' tables (rows sharded; offloaded at inference)
+    ("table_rows", ("fsdp", "tensor")),
+    ("table_dim", None),
+)
+_RULES = dict(RULES)
+
+
+def logical_to_spec(names: Sequence[str | None]) -> P:
+  """PartitionSpec of a tensor whose dimensions carry these logical names."""
+  used: set[str] = set()
+  out = []
+  for name in names:
+    axes = None if name is None else _RULES[name]
+    flat = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    # A mesh axis may shard only one dimension of a tensor: later uses are dropped.
+    flat = tuple(a for a in flat if a not in used)
+    used.update(flat)
+    out.append(None if not flat else flat[0] if len(flat) == 1 else flat)
+  return P(*out)
+
+
+def resolve_mesh_shape(cfg: MeshConfig, num_devices: int) -> dict[str, int]:
+  sizes = {"data": cfg.data, "fsdp": cfg.fsdp, "tensor": cfg.tensor}
+  fill = [k for k, v in sizes.items() if v == -1]
+  if len(fill) > 1:
+    raise UserError(f"mesh {sizes}: at most one axis may be -1")
+  if any(v == 0 or v < -1 for v in sizes.values()):
+    raise UserError(f"mesh {sizes}: axis sizes must be positive or -1")
+  known = math.prod(v for v in sizes.values() if v != -1)
+  if fill:
+    if num_devices % known:
+      raise UserError(f"mesh {sizes} does not divide the {num_devices} devices: fix MeshConfig")
+    sizes[fill[0]] = num_devices // known
+  if math.prod(sizes.values()) != num_devices:
+    raise UserError(f"mesh {sizes} needs {math.prod(sizes.values())} devices but {num_devices} are present: fix MeshConfig")
+  return sizes
+
+
+def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The training mesh, laid out over the physical topology by jax.make_mesh."""
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = resolve_mesh_shape(cfg, len(devices))
+  shape = tuple(sizes[a] for a in MESH_AXES)
+  # Auto axes: shardings come from jit's in/out shardings and from `constrain` (GSPMD style).
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
+def named(mesh: Mesh, names: Sequence[str | None]) -> NamedSharding:
+  return NamedSharding(mesh, logical_to_spec(names))
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """with_sharding_constraint by logical names; a no-op outside a mesh context."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(names))
+
+
+def check_divisible(shape: Sequence[int], names: Sequence[str | None], mesh: Mesh, what: str) -> None:
+  spec = logical_to_spec(names)
+  for dim, axes in zip(shape, spec):
+    if axes is None:
+      continue
+    axes = (axes,) if isinstance(axes, str) else axes
+    n = math.prod(mesh.shape[a] for a in axes)
+    if dim % n:
+      raise UserError(f"{what}: dimension {dim} ({'/'.join(axes)}) is not divisible by {n} devices; "
+                      "change the mesh or the model size")
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Starts jax.distributed from flags, or auto-detects Cloud TPU / SLURM; no-op for one process.
+
+  On CPU the cross-process collectives go through gloo."""
+  explicit = coordinator_address is not None or num_processes is not None or process_id is not None
+  on_cluster = "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+  on_tpu_pod = "TPU_WORKER_HOSTNAMES" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+  if not (explicit or on_cluster or on_tpu_pod):
+    return
+  if explicit and (coordinator_address is None or num_processes is None or process_id is None):
+    raise UserError("multi-host needs all of --coordinator_address, --num_processes and --process_id")
+  if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                             process_id=process_id)

@@ -1,0 +1,174 @@
+"""`scone-jax train`: the training loop (thin: everything heavy is in the jitted step).
+
+Resumes automatically from the newest checkpoint in RUN/checkpoints (state and data iterator), so
+re-running the same command after a crash or preemption continues the run exactly. SIGTERM
+(preemption notice) saves a checkpoint at the next step boundary and exits cleanly.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import time
+
+ACCEPTS_EXTRA = True  # --gin.NAME=VALUE overrides
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--gin_file", action="append", default=[], required=True, help="gin file (repeatable)")
+  p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, config.gin)")
+  p.add_argument("--coordinator_address", default=None, help="multi-host: HOST:PORT of process 0")
+  p.add_argument("--num_processes", type=int, default=None)
+  p.add_argument("--process_id", type=int, default=None)
+  p.add_argument("--quiet", action="store_true", help="print only the final summary")
+  p.add_argument("--stop_after_steps", type=int, default=None,
+                 help="stop (with a checkpoint) after this many steps of this invocation; the run resumes later")
+
+
+def _log(msg: str, quiet: bool = False) -> None:
+  import jax
+  if jax.process_index() == 0 and not quiet:
+    print(msg, flush=True)
+
+
+def run(args) -> int:
+  from scone_jax import parallel
+  from scone_jax.config import bindings_from_flags
+  parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+  from scone_jax import experiment
+  exp = experiment.load(args.gin_file, bindings_from_flags(args.extra))
+  summary = train(exp, args.workdir, quiet=args.quiet, stop_after=args.stop_after_steps)
+  _log(f"done: step {summary['step']}, validation loss {summary.get('eval_loss', float('nan')):.4f}, "
+       f"perplexity {summary.get('eval_perplexity', float('nan')):.2f}")
+  return 0
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    if threading_is_main():
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def threading_is_main() -> bool:
+  import threading
+  return threading.current_thread() is threading.main_thread()
+
+
+def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = None) -> dict:
+  """Runs (or resumes) training to exp.train.steps; returns the final metrics."""
+  import jax
+  import numpy as np
+
+  from scone_jax import experiment, parallel
+  from scone_jax.data import pipeline
+  from scone_jax.errors import UserError
+  from scone_jax.models import accounting
+  from scone_jax.train import evaluate, metrics as M
+  from scone_jax.train.checkpoint import Checkpoints
+  from scone_jax.train.state import Trainer
+
+  cfg, dcfg = exp.train, exp.data
+  mesh = parallel.make_mesh(exp.mesh)
+  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  if dcfg.batch_size % batch_devices or dcfg.batch_size % jax.process_count():
+    raise UserError(f"DataConfig.batch_size={dcfg.batch_size} is not divisible by the {batch_devices} "
+                    f"data-parallel devices and {jax.process_count()} processes of the mesh")
+  trainer = Trainer(exp.model, cfg, mesh, exp.build_model)
+  acct = accounting.account(exp.model, trainer.abstract_params, dcfg.seq_len)
+  for line in acct.lines():
+    _log(line, quiet)
+  _log(f"mesh: {dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)", quiet)
+
+  spec = pipeline.PipelineSpec(
+      dcfg.data_dir, "train", dcfg.seq_len, dcfg.batch_size, seed=dcfg.shuffle_seed,
+      process_index=jax.process_index(), process_count=jax.process_count(), prefetch=dcfg.prefetch,
+      row_features=exp.row_features(), batch_features=exp.batch_features())
+  data_iter = iter(pipeline.make_dataset(spec))
+  ckpt = Checkpoints(workdir, cfg)
+  experiment.save_operative_config(workdir)
+  start = ckpt.latest_step()
+  if start is not None:
+    state = ckpt.restore(start, trainer.abstract_state(), data_iter)
+    _log(f"resumed from step {start}", quiet)
+  else:
+    state = trainer.init()
+    start = 0
+  writer = M.MetricsWriter(workdir)
+  peak, peak_src = M.peak_flops()
+  _log(f"peak: {peak / 1e9:,.1f} GFLOP/s ({peak_src})", quiet)
+
+  step_fn = None
+  last: dict = {}
+  t_last, tokens_since = time.perf_counter(), 0.0
+  step = start
+  try:
+    with _Preemption() as preempt, jax.set_mesh(mesh):
+      while step < cfg.steps:
+        local = next(data_iter)
+        batch = trainer.global_batch(local, dcfg.batch_size)
+        if step_fn is None:
+          step_fn = trainer.jit_train_step(local)
+        state, m = step_fn(state, batch)
+        step += 1
+        if step % cfg.log_every == 0 or step == cfg.steps or step == start + 1:
+          m = jax.device_get(m)
+          loss = float(m["loss"])
+          if not math.isfinite(loss) and cfg.stop_on_nonfinite:
+            raise UserError(f"non-finite loss {loss} at step {step}; the last good checkpoint "
+                            f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}; lower the "
+                            "learning rate or resume from it")
+          now = time.perf_counter()
+          tokens_since += dcfg.batch_size * dcfg.seq_len * (step - last.get("step", start))
+          dt = now - t_last
+          tps = dcfg.batch_size * dcfg.seq_len * (step - last.get("step", start)) / dt if dt > 0 else 0.0
+          t_last = now
+          values = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "grad_norm": float(m["grad_norm"]),
+                    "learning_rate": float(_lr(cfg, step - 1)), "tokens_per_s": tps,
+                    "mfu": tps * acct.train_flops_per_token / peak if peak == peak else float("nan")}
+          writer.write(step, "train", values)
+          last = {"step": step, **values}
+          _log(f"step {step:>6}  loss {loss:.4f}  ppl {values['perplexity']:.2f}  gnorm {values['grad_norm']:.3f}  "
+               f"lr {values['learning_rate']:.2e}  {tps:,.0f} tok/s  mfu {values['mfu']:.1%}", quiet)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+          ev = evaluate.evaluate(exp, trainer, state.params, max_batches=cfg.eval_batches)
+          writer.write(step, "validation", ev)
+          _log(f"step {step:>6}  validation loss {ev['loss']:.4f}  ppl {ev['perplexity']:.2f}", quiet)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+          ckpt.save(step, state, data_iter, force=True)
+        if preempt.requested or (stop_after is not None and step - start >= stop_after):
+          ckpt.save(step, state, data_iter, force=True)
+          ckpt.wait()
+          _log(f"{'SIGTERM' if preempt.requested else '--stop_after_steps'}: saved step {step} and stopped", quiet)
+          break
+    ev = evaluate.evaluate(exp, trainer, state.params, max_batches=cfg.eval_batches)
+    writer.write(step, "validation", ev)
+    last.update(step=step, eval_loss=ev["loss"], eval_perplexity=ev["perplexity"])
+    last["accounting"] = acct.as_dict()
+    return last
+  finally:
+    ckpt.close()
+    writer.close()
+    close = getattr(data_iter, "close", None)
+    if close:
+      close()
+
+
+def _lr(cfg, step: int) -> float:
+  from scone_jax.train.optimizer import schedule
+  return float(schedule(cfg)(step))

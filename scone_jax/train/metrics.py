@@ -1,0 +1,84 @@
+"""Run metrics: metrics.jsonl, TensorBoard events, throughput and MFU.
+
+MFU = achieved model FLOP/s / peak FLOP/s. The peak comes from a table for known accelerators;
+on a CPU (or an unknown device) it is measured: the best FLOP/s of a large float32 matmul on all
+local devices, timed here (this is what `scone-jax bench train` reports against, too).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+
+# bf16 dense peak per chip, FLOP/s.
+KNOWN_PEAKS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12,
+}
+
+
+def measure_matmul_peak(n: int = 1024, repeats: int = 5, dtype=jnp.float32) -> float:
+  """Best sustained FLOP/s of this process's devices on n x n matmuls (all devices at once)."""
+  devices = jax.local_devices()
+  k = 8  # chained matmuls per call, so dispatch overhead does not count
+  xs = [jax.device_put(jnp.ones((n, n), dtype) / n, d) for d in devices]
+
+  @jax.jit
+  def chain(a):
+    for _ in range(k):
+      a = a @ a
+    return a
+
+  for x in xs:
+    chain(x).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    outs = [chain(x) for x in xs]
+    for o in outs:
+      o.block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * n ** 3 * k * len(devices) / best
+
+
+def peak_flops(measure_if_unknown: bool = True) -> tuple[float, str]:
+  """(peak FLOP/s of this process's devices, where the number came from)."""
+  kind = jax.local_devices()[0].device_kind
+  for name, peak in KNOWN_PEAKS.items():
+    if kind.startswith(name):
+      return peak * jax.local_device_count(), f"table ({kind})"
+  if not measure_if_unknown:
+    return float("nan"), "unknown"
+  return measure_matmul_peak(), f"measured float32 matmul on {jax.local_device_count()} {kind} device(s)"
+
+
+class MetricsWriter:
+  """Appends one JSON line per record to RUN/metrics.jsonl and mirrors scalars to TensorBoard.
+  Only process 0 writes."""
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, split: str, values: dict) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), "split": split, "time": time.time(), **{k: float(v) for k, v in values.items()}}
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    for k, v in values.items():
+      self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+
+  def close(self) -> None:
+    if self.enabled:
+      self._file.close()
+      self._tb.close()

@@ -1,0 +1,34 @@
+"""AdamW with linear warm-up + cosine decay, global-norm clipping and a weight-decay mask.
+
+Which parameters decay is parameter metadata (`weight_decay`, set where the parameter is made):
+norms and the embedding tables of the sibling methods take none.
+"""
+from __future__ import annotations
+
+import jax
+import optax
+from flax import nnx
+
+from scone_jax.config import TrainConfig
+
+
+def schedule(cfg: TrainConfig) -> optax.Schedule:
+  warmup = max(1, min(cfg.warmup_steps, cfg.steps))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=warmup,
+      decay_steps=max(cfg.steps, warmup + 1), end_value=cfg.learning_rate * cfg.min_lr_ratio)
+
+
+def decay_mask(abstract_params: nnx.State) -> dict:
+  """Pure-dict tree of bools: True where the parameter takes weight decay."""
+  return nnx.to_pure_dict(jax.tree.map(
+      lambda v: v.replace(bool(v.get_metadata().get("weight_decay", True))),
+      abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+def make_optimizer(cfg: TrainConfig, abstract_params: nnx.State) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
+      optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                  mask=decay_mask(abstract_params)),
+  )
