@@ -41,6 +41,7 @@ class RankedFgrams:
   offsets: np.ndarray    # int64 [S + 1]
   counts: np.ndarray     # int64 [S]
   tokens_counted: int    # tokens read (special ids included)
+  num_chunks: int = 1    # chunks the corpus was cached and counted in (> 1: runs were spilled and merged)
 
   def __len__(self) -> int:
     return len(self.counts)
@@ -68,7 +69,7 @@ def validate_params(max_n: int, size: int, min_count: int) -> None:
 def count_fgrams(documents: Iterable[np.ndarray], *, vocab_size: int, special_ids=(), max_n: int,
                  size: int, min_count: int = 5, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
                  tmp_dir: str | None = None, progress: bool = False,
-                 merge_block: int | None = None) -> RankedFgrams:
+                 merge_block: int | None = None, source: str = "documents") -> RankedFgrams:
   """Counts every n-gram (2 <= n <= max_n) inside documents and returns the top `size` of those
   seen at least `min_count` times, ranked by (count desc, n asc, token ids asc).
 
@@ -76,13 +77,14 @@ def count_fgrams(documents: Iterable[np.ndarray], *, vocab_size: int, special_id
   chunk_tokens: tokens per in-memory chunk (memory is about 60 bytes per chunk token).
   tmp_dir: where chunk caches and spilled runs go (a private subdirectory, removed at the end).
   merge_block: entries per run held in memory while merging (default: chunk_tokens / #chunks).
+  source: names the documents in error messages.
   Returns an empty RankedFgrams when no n-gram reaches min_count.
   """
   validate_params(max_n, size, min_count)
   work = tempfile.mkdtemp(prefix=".fgram-count-", dir=tmp_dir)
   try:
     with _progress_bar(progress) as bar:
-      chunks, tokens_counted = _cache_chunks(documents, work, vocab_size, special_ids, chunk_tokens, bar)
+      chunks, tokens_counted = _cache_chunks(documents, work, vocab_size, special_ids, chunk_tokens, bar, source)
       block = merge_block or max(1 << 16, chunk_tokens // max(1, len(chunks)))
       counter = _PassCounter(work, chunks, vocab_size, min_count, block, bar)
       tops = []  # per pass: (keys, counts) of its top `size` survivors
@@ -92,7 +94,9 @@ def count_fgrams(documents: Iterable[np.ndarray], *, vocab_size: int, special_id
         tops.append((np.asarray(survivors[top]), np.asarray(survivor_counts[top])))
         if len(survivors) == 0:
           break  # apriori: no longer n-gram can reach c_min either
-      return _rank(tops, counter.survivor_keys, vocab_size, size, tokens_counted)
+      ranked = _rank(tops, counter.survivor_keys, vocab_size, size, tokens_counted)
+      ranked.num_chunks = len(chunks)
+      return ranked
   finally:
     shutil.rmtree(work, ignore_errors=True)
 
@@ -106,7 +110,7 @@ class _Chunk:
   num_tokens: int
 
 
-def _cache_chunks(documents, work, vocab_size, special_ids, chunk_tokens, bar):
+def _cache_chunks(documents, work, vocab_size, special_ids, chunk_tokens, bar, source):
   """Reads the documents once into chunk files; returns (chunks, tokens read)."""
   specials = np.asarray(sorted(set(int(s) for s in special_ids)), dtype=np.int64)
   chunks: list[_Chunk] = []
@@ -133,7 +137,7 @@ def _cache_chunks(documents, work, vocab_size, special_ids, chunk_tokens, bar):
     tokens_counted += len(doc)
     if len(doc) and (doc.min() < 0 or doc.max() >= vocab_size):
       bad = int(doc.min()) if doc.min() < 0 else int(doc.max())
-      raise UserError(f"document {doc_index} holds token id {bad}, outside the vocabulary of size {vocab_size}: "
+      raise UserError(f"{source}: document {doc_index} holds token id {bad}, outside the vocabulary of size {vocab_size}: "
                       "the data does not match its meta.json; re-run `scone-jax prepare`")
     doc = doc.astype(np.int32, copy=False)
     piece = np.empty(len(doc) + 1, dtype=np.int32)

@@ -1,0 +1,128 @@
+"""`scone-jax fgrams build`: counts the train split of DATA and writes the f-gram vocabulary FG.
+
+    scone-jax fgrams build --data DATA --max_n K --size S [--min_count 5] [--runner local|beam] --out FG
+
+writes FG/fgrams.parquet and FG/meta.json (scone_jax.fgram.vocab, atomically). The local runner
+is scone_jax.fgram.count (numpy, bounded memory, spills to --tmp_dir, default FG's parent); the
+beam runner is scone_jax.fgram.beam_count, whose pipeline options pass through: unknown flags go
+to Beam as given, and --beam_NAME=VALUE becomes --NAME=VALUE (e.g. --beam_runner=DataflowRunner,
+since --runner names our runner).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from scone_jax.errors import UserError
+from scone_jax.fgram import vocab as vocab_lib
+from scone_jax.fgram.count import DEFAULT_CHUNK_TOKENS, RankedFgrams, count_fgrams, validate_params
+
+ACCEPTS_EXTRA = True  # Beam pipeline options
+RUNNERS = ("local", "beam")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--data", required=True, help="prepared data directory (scone-jax prepare --out)")
+  parser.add_argument("--max_n", type=int, required=True, help="K: longest f-gram, in tokens (>= 2)")
+  parser.add_argument("--size", type=int, required=True, help="S: number of f-grams to keep")
+  parser.add_argument("--min_count", type=int, default=5, help="c_min: keep n-grams seen at least this often")
+  parser.add_argument("--runner", choices=RUNNERS, default="local",
+                      help="local: numpy on this host; beam: Apache Beam pipeline (DirectRunner unless "
+                           "--beam_runner=... names another)")
+  parser.add_argument("--out", required=True, help="output directory FG")
+  parser.add_argument("--chunk_tokens", type=int, default=DEFAULT_CHUNK_TOKENS,
+                      help="local runner: tokens per in-memory chunk (about 60 bytes each)")
+  parser.add_argument("--tmp_dir", default=None, help="where spilled runs go (default: FG's parent)")
+  parser.add_argument("--progress", action="store_true", help="show progress even when stderr is not a TTY")
+
+
+def beam_pipeline_args(extra: list[str]) -> list[str]:
+  """Unknown flags for Beam: --beam_NAME[=VALUE] -> --NAME[=VALUE]; everything else as given."""
+  return ["--" + a[len("--beam_"):] if a.startswith("--beam_") else a for a in extra]
+
+
+def _check_data(data_dir: str):
+  from scone_jax.data.shards import load_meta, shard_paths
+  if not os.path.isdir(data_dir):
+    raise UserError(f"--data {data_dir!r} is not a directory: run `scone-jax prepare --out {data_dir}` first")
+  meta = load_meta(data_dir)
+  if not isinstance(meta.vocab_size, int) or meta.vocab_size < 1:
+    raise UserError(f"{os.path.join(data_dir, 'meta.json')!r} has vocab_size {meta.vocab_size!r}; re-run `scone-jax prepare`")
+  return meta, shard_paths(data_dir, "train")
+
+
+def _check_out(out_dir: str) -> None:
+  out = os.path.abspath(out_dir)
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UserError(f"--out {out_dir!r} is a file: pass a directory path for the f-gram vocabulary")
+  if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, vocab_lib.META)):
+    raise UserError(f"--out {out_dir!r} is a non-empty directory that is not an f-gram vocabulary: "
+                    "refusing to replace it, pass a new path")
+  parent = os.path.dirname(out)
+  blocker = parent
+  while blocker and not os.path.exists(blocker):
+    blocker = os.path.dirname(blocker)
+  if blocker and not os.path.isdir(blocker):
+    raise UserError(f"--out {out_dir!r}: {blocker!r} is a file, not a directory; pass a writable path")
+  try:
+    os.makedirs(parent, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"--out {out_dir!r}: cannot create its parent {parent!r} ({e.strerror}); pass a writable path") from e
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"--out {out_dir!r}: {parent!r} is not writable; pass a writable path")
+
+
+def build(data_dir: str, out_dir: str, *, max_n: int, size: int, min_count: int = 5, runner: str = "local",
+          chunk_tokens: int = DEFAULT_CHUNK_TOKENS, tmp_dir: str | None = None, progress: bool = False,
+          beam_args: list[str] | tuple[str, ...] = ()) -> vocab_lib.FgramVocab:
+  """Counts DATA's train split, writes FG, returns the vocabulary (rank order, METHODS.md 1.1)."""
+  from scone_jax.data.shards import data_fingerprint, read_documents
+  validate_params(max_n, size, min_count)
+  if runner not in RUNNERS:
+    raise UserError(f"--runner {runner!r} is not one of {', '.join(RUNNERS)}")
+  if chunk_tokens < 1:
+    raise UserError(f"--chunk_tokens {chunk_tokens} is below 1: pass a positive number of tokens")
+  meta, paths = _check_data(data_dir)
+  _check_out(out_dir)
+  tmp_dir = tmp_dir or os.path.dirname(os.path.abspath(out_dir))
+  if not os.path.isdir(tmp_dir):
+    raise UserError(f"--tmp_dir {tmp_dir!r} is not a directory: pass an existing writable directory")
+  if runner == "local":
+    ranked = count_fgrams(read_documents(data_dir, "train"), vocab_size=meta.vocab_size,
+                          special_ids=meta.special_ids, max_n=max_n, size=size, min_count=min_count,
+                          chunk_tokens=chunk_tokens, tmp_dir=tmp_dir, progress=progress,
+                          source=f"train split of {data_dir!r}")
+  else:
+    from scone_jax.fgram.beam_count import count_fgrams_beam
+    ranked = count_fgrams_beam(paths, special_ids=meta.special_ids, max_n=max_n, size=size,
+                               min_count=min_count, beam_args=beam_args, tmp_dir=tmp_dir)
+  if len(ranked) == 0:
+    raise UserError(f"no n-gram of 2..{max_n} tokens occurs {min_count} times in the train split of "
+                    f"{data_dir!r}: lower --min_count")
+  fgram_meta = vocab_lib.FgramMeta(max_n=max_n, size=size, min_count=min_count,
+                                   tokens_counted=ranked.tokens_counted,
+                                   data_fingerprint=data_fingerprint(data_dir), num_fgrams=len(ranked),
+                                   vocab_size=meta.vocab_size)
+  fgram_vocab = to_vocab(ranked, fgram_meta)
+  vocab_lib.save(fgram_vocab, out_dir)
+  return vocab_lib.load(out_dir)
+
+
+def to_vocab(ranked: RankedFgrams, meta: vocab_lib.FgramMeta) -> vocab_lib.FgramVocab:
+  return vocab_lib.FgramVocab(ranked.flat, ranked.offsets, ranked.counts, meta)
+
+
+def run(args: argparse.Namespace) -> int:
+  extra = list(getattr(args, "extra", []) or [])
+  if extra and args.runner != "beam":
+    raise UserError(f"unrecognized arguments {' '.join(extra)}: pipeline options apply only with --runner beam")
+  progress = args.progress or sys.stderr.isatty()
+  fgram_vocab = build(args.data, args.out, max_n=args.max_n, size=args.size, min_count=args.min_count,
+                      runner=args.runner, chunk_tokens=args.chunk_tokens, tmp_dir=args.tmp_dir,
+                      progress=progress, beam_args=beam_pipeline_args(extra))
+  lengths = fgram_vocab.lengths
+  by_length = ", ".join(f"n={n}: {int((lengths == n).sum())}" for n in range(2, args.max_n + 1))
+  print(f"wrote {len(fgram_vocab)} f-grams to {args.out} ({by_length}; counts {int(fgram_vocab.counts[0])}.."
+        f"{int(fgram_vocab.counts[-1])}; {fgram_vocab.meta.tokens_counted} tokens counted)")
+  return 0

@@ -1,0 +1,229 @@
+"""f-gram counting (METHODS.md 1.1): local counter, Beam pipeline and `fgrams build` vs brute force."""
+from __future__ import annotations
+
+import collections
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from scone_jax import cli
+from scone_jax.data.shards import DataMeta, ShardWriter, data_fingerprint, write_meta
+from scone_jax.fgram import vocab as vocab_lib
+from scone_jax.fgram.count import count_fgrams, merge_runs, sort_and_count
+
+
+def brute_force(docs, special_ids, max_n, size, min_count):
+  """The definition: every n-gram (2..K) inside a document without special ids, count >= c_min,
+  ranked by (count desc, n asc, tokens asc), first S."""
+  counts = collections.Counter()
+  for doc in docs:
+    doc = [int(t) for t in doc]
+    for n in range(2, max_n + 1):
+      for i in range(len(doc) - n + 1):
+        gram = tuple(doc[i:i + n])
+        if not any(t in special_ids for t in gram):
+          counts[gram] += 1
+  kept = [(g, c) for g, c in counts.items() if c >= min_count]
+  kept.sort(key=lambda gc: (-gc[1], len(gc[0]), gc[0]))
+  return kept[:size]
+
+
+def as_pairs(ranked):
+  return list(zip(ranked.as_tuples(), ranked.counts.tolist()))
+
+
+@st.composite
+def corpora(draw):
+  vocab_size = draw(st.integers(2, 12))
+  specials = draw(st.sets(st.integers(0, vocab_size - 1), max_size=2))
+  doc = st.lists(st.integers(0, vocab_size - 1), max_size=40)
+  docs = draw(st.lists(doc, max_size=12))
+  return vocab_size, specials, docs
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(corpus=corpora(), max_n=st.integers(2, 5), size=st.integers(1, 40), min_count=st.integers(1, 4),
+       chunk_tokens=st.integers(1, 80), merge_block=st.integers(1, 6))
+def test_count_equals_brute_force(tmp_path_factory, corpus, max_n, size, min_count, chunk_tokens, merge_block):
+  vocab_size, specials, docs = corpus
+  ranked = count_fgrams([np.array(d, dtype=np.int32) for d in docs], vocab_size=vocab_size,
+                        special_ids=specials, max_n=max_n, size=size, min_count=min_count,
+                        chunk_tokens=chunk_tokens, merge_block=merge_block,
+                        tmp_dir=str(tmp_path_factory.getbasetemp()))
+  assert as_pairs(ranked) == brute_force(docs, specials, max_n, size, min_count)
+  assert ranked.tokens_counted == sum(len(d) for d in docs)
+
+
+def test_forced_spilling_is_exact(tmp_path):
+  rng = np.random.default_rng(0)
+  docs = [rng.integers(0, 6, rng.integers(1, 60)) for _ in range(300)]
+  expected = brute_force(docs, {0}, 5, 200, 3)
+  spilled = count_fgrams(docs, vocab_size=6, special_ids=(0,), max_n=5, size=200, min_count=3,
+                         chunk_tokens=64, merge_block=4, tmp_dir=str(tmp_path))
+  assert spilled.num_chunks > 100
+  assert as_pairs(spilled) == expected
+  in_memory = count_fgrams(docs, vocab_size=6, special_ids=(0,), max_n=5, size=200, min_count=3, tmp_dir=str(tmp_path))
+  assert in_memory.num_chunks == 1 and as_pairs(in_memory) == expected
+  assert os.listdir(tmp_path) == []  # the spill directory is removed
+
+
+def test_ties_break_by_length_then_token_ids(tmp_path):
+  # (1,2), (2,3), (1,2,3), (5,4), (4,5)... : equal counts across lengths and ids.
+  docs = [[1, 2, 3]] * 5 + [[5, 4]] * 5 + [[4, 5]] * 5 + [[2, 3]] * 2
+  ranked = count_fgrams(docs, vocab_size=8, max_n=3, size=10, min_count=5, tmp_dir=str(tmp_path))
+  assert as_pairs(ranked) == [((2, 3), 7), ((1, 2), 5), ((4, 5), 5), ((5, 4), 5), ((1, 2, 3), 5)]
+  cut = count_fgrams(docs, vocab_size=8, max_n=3, size=3, min_count=5, tmp_dir=str(tmp_path))
+  assert as_pairs(cut) == [((2, 3), 7), ((1, 2), 5), ((4, 5), 5)]
+
+
+@pytest.mark.parametrize("vocab_size", [1 << 20, (1 << 31) - 1])
+def test_large_vocabulary_keys_are_exact(tmp_path, vocab_size):
+  # |V|^5 overflows 64 bits: the remapped keys (prefix id * |V| + last) must still be exact.
+  rng = np.random.default_rng(1)
+  phrases = [rng.integers(vocab_size - 50, vocab_size, 6) for _ in range(4)]
+  docs = [np.concatenate([phrases[i % 4], rng.integers(0, vocab_size, 5), phrases[(i * 7) % 4]]) for i in range(40)]
+  ranked = count_fgrams(docs, vocab_size=vocab_size, max_n=5, size=100, min_count=3, chunk_tokens=100,
+                        tmp_dir=str(tmp_path))
+  assert as_pairs(ranked) == brute_force(docs, set(), 5, 100, 3)
+
+
+def test_sort_and_count_and_merge_runs_against_counter():
+  rng = np.random.default_rng(2)
+  keys = rng.integers(0, 50, 1000).astype(np.uint64)
+  for key_bits in (6, 64):  # position packed into the key, and the argsort fallback
+    unique, counts, inverse = sort_and_count(keys, key_bits)
+    expected = sorted(collections.Counter(keys.tolist()).items())
+    assert list(zip(unique.tolist(), counts.tolist())) == expected
+    assert np.array_equal(unique[inverse], keys)
+  runs, total = [], collections.Counter()
+  for _ in range(7):
+    part = rng.integers(0, 300, rng.integers(0, 200)).astype(np.uint64)
+    unique, counts, _ = sort_and_count(part, 9, want_inverse=False)
+    runs.append((unique, counts))
+    total.update(part.tolist())
+  merged = list(merge_runs(runs, block=5))
+  merged_keys = np.concatenate([k for k, _ in merged]).tolist()
+  merged_counts = np.concatenate([c for _, c in merged]).tolist()
+  assert list(zip(merged_keys, merged_counts)) == sorted(total.items())
+
+
+# ---- `scone-jax fgrams build` end to end -------------------------------------------------------
+
+def make_data(data_dir, docs, vocab_size=12, num_shards=3):
+  os.makedirs(data_dir, exist_ok=True)
+  train = ShardWriter(str(data_dir), "train", num_shards)
+  for doc in docs:
+    train.write(doc)
+  train.close()
+  validation = ShardWriter(str(data_dir), "validation", 1)
+  validation.write([3, 4, 5])
+  validation.close()
+  write_meta(str(data_dir), DataMeta(
+      vocab_size=vocab_size, pad_id=0, eos_id=1, bos_id=2, unk_id=-1, tokenizer_sha256="test",
+      num_documents={"train": train.num_documents, "validation": 1},
+      num_tokens={"train": train.num_tokens, "validation": 3},
+      num_shards={"train": num_shards, "validation": 1}))
+  return str(data_dir)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  rng = np.random.default_rng(3)
+  phrase = [5, 6, 7, 8, 9]
+  docs = []
+  for _ in range(80):
+    doc = rng.integers(0, 12, rng.integers(0, 30)).tolist()
+    at = int(rng.integers(0, len(doc) + 1))
+    docs.append(doc[:at] + phrase + doc[at:])
+  return make_data(tmp_path_factory.mktemp("data"), docs), docs
+
+
+def documents_in_file_order(docs, num_shards=3):
+  """read_documents order: shard by shard, round-robin writing."""
+  return [docs[i] for s in range(num_shards) for i in range(s, len(docs), num_shards)]
+
+
+def run_cli(*argv):
+  return cli.main([str(a) for a in argv])
+
+
+def test_cli_build_writes_the_ranked_vocabulary(corpus, tmp_path, capsys):
+  data_dir, docs = corpus
+  out = tmp_path / "fg"
+  assert run_cli("fgrams", "build", "--data", data_dir, "--max_n", 5, "--size", 60, "--min_count", 4,
+                 "--chunk_tokens", 200, "--out", out) == 0
+  assert "wrote 60 f-grams" in capsys.readouterr().out
+  fgram_vocab = vocab_lib.load(str(out))
+  expected = brute_force(docs, {0, 1, 2}, 5, 60, 4)
+  assert list(zip(fgram_vocab.as_tuples(), fgram_vocab.counts.tolist())) == expected
+  assert any(len(g) == 5 for g, _ in expected)
+  assert fgram_vocab.meta.max_n == 5 and fgram_vocab.meta.size == 60 and fgram_vocab.meta.min_count == 4
+  assert fgram_vocab.meta.tokens_counted == sum(len(d) for d in docs)
+  assert fgram_vocab.meta.data_fingerprint == data_fingerprint(data_dir)
+  assert fgram_vocab.meta.vocab_size == 12 and fgram_vocab.meta.num_fgrams == 60
+  assert sorted(os.listdir(tmp_path)) == ["fg"]  # no temporary or spill directories left
+  # Rebuilding over an existing vocabulary replaces it.
+  assert run_cli("fgrams", "build", "--data", data_dir, "--max_n", 2, "--size", 3, "--out", out) == 0
+  assert len(vocab_lib.load(str(out))) == 3
+
+
+def test_beam_output_equals_local_output(corpus, tmp_path):
+  data_dir, docs = corpus
+  args = ["fgrams", "build", "--data", data_dir, "--max_n", 4, "--size", 40, "--min_count", 3]
+  assert run_cli(*args, "--out", tmp_path / "local") == 0
+  assert run_cli(*args, "--runner", "beam", "--beam_direct_num_workers=1", "--out", tmp_path / "beam") == 0
+  local, beam = vocab_lib.load(str(tmp_path / "local")), vocab_lib.load(str(tmp_path / "beam"))
+  assert local.as_tuples() == beam.as_tuples()
+  assert np.array_equal(local.counts, beam.counts)
+  assert local.meta == beam.meta  # same tokens counted, same parquet bytes (sha256)
+  assert list(zip(local.as_tuples(), local.counts.tolist())) == brute_force(docs, {0, 1, 2}, 4, 40, 3)
+
+
+def error_cases(data_dir, tmp_path):
+  no_train = tmp_path / "no_train"
+  no_train.mkdir()
+  (no_train / "meta.json").write_text(open(os.path.join(data_dir, "meta.json")).read())
+  bad_meta = tmp_path / "bad_meta"
+  bad_meta.mkdir()
+  (bad_meta / "meta.json").write_text("{not json")
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  busy = tmp_path / "busy"
+  busy.mkdir()
+  (busy / "notes.txt").write_text("mine")
+  small_vocab = make_data(tmp_path / "small_vocab", [[3, 4, 11]], vocab_size=10)
+  ok = ["--max_n", 3, "--size", 10]
+  return {
+      "missing data": ["--data", tmp_path / "nope", *ok, "--out", tmp_path / "o"],
+      "no meta.json": ["--data", tmp_path, *ok, "--out", tmp_path / "o"],
+      "invalid meta.json": ["--data", bad_meta, *ok, "--out", tmp_path / "o"],
+      "no train shards": ["--data", no_train, *ok, "--out", tmp_path / "o"],
+      "token outside vocab": ["--data", small_vocab, *ok, "--out", tmp_path / "o"],
+      "K < 2": ["--data", data_dir, "--max_n", 1, "--size", 10, "--out", tmp_path / "o"],
+      "S < 1": ["--data", data_dir, "--max_n", 3, "--size", 0, "--out", tmp_path / "o"],
+      "c_min < 1": ["--data", data_dir, *ok, "--min_count", 0, "--out", tmp_path / "o"],
+      "out under a file": ["--data", data_dir, *ok, "--out", a_file / "fg"],
+      "out is a file": ["--data", data_dir, *ok, "--out", a_file],
+      "out is someone's directory": ["--data", data_dir, *ok, "--out", busy],
+      "nothing reaches c_min": ["--data", data_dir, *ok, "--min_count", 10**9, "--out", tmp_path / "o"],
+      "pipeline flags without beam": ["--data", data_dir, *ok, "--out", tmp_path / "o", "--project=p"],
+  }
+
+
+def test_every_error_exits_2_with_one_line(corpus, tmp_path, capsys):
+  data_dir, _ = corpus
+  for name, argv in error_cases(data_dir, tmp_path).items():
+    assert run_cli("fgrams", "build", *argv) == 2, name
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scone-jax fgrams: error:"), (name, captured.err)
+  assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+  assert not (tmp_path / "o").exists()
+
+
+def test_bench_count_runs_and_agrees(capsys):
+  assert run_cli("bench", "count", "--tokens", 20000, "--vocab_size", 50, "--size", 200, "--max_n", 4) == 0
+  out = capsys.readouterr().out
+  assert "top S identical: True" in out and "ratio" in out
