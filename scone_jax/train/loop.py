@@ -149,10 +149,10 @@ def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = No
           ev = evaluate.evaluate(exp, trainer, state.params, max_batches=cfg.eval_batches)
           writer.write(step, "validation", ev)
           _log(f"step {step:>6}  validation loss {ev['loss']:.4f}  ppl {ev['perplexity']:.2f}", quiet)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        stopping = preempt.requested or (stop_after is not None and step - start >= stop_after)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
           ckpt.save(step, state, data_iter, force=True)
-        if preempt.requested or (stop_after is not None and step - start >= stop_after):
-          ckpt.save(step, state, data_iter, force=True)
+        if stopping:
           ckpt.wait()
           _log(f"{'SIGTERM' if preempt.requested else '--stop_after_steps'}: saved step {step} and stopped", quiet)
           break

@@ -45,7 +45,7 @@ def measure_matmul_peak(n: int = 1024, repeats: int = 5, dtype=jnp.float32) -> f
   return 2.0 * n ** 3 * k * len(devices) / best
 
 
-def peak_flops(measure_if_unknown: bool = True) -> tuple[float, str]:
+def peak_flops(measure_if_unknown: bool = True, n: int = 512) -> tuple[float, str]:
   """(peak FLOP/s of this process's devices, where the number came from)."""
   kind = jax.local_devices()[0].device_kind
   for name, peak in KNOWN_PEAKS.items():
@@ -53,7 +53,7 @@ def peak_flops(measure_if_unknown: bool = True) -> tuple[float, str]:
       return peak * jax.local_device_count(), f"table ({kind})"
   if not measure_if_unknown:
     return float("nan"), "unknown"
-  return measure_matmul_peak(), f"measured float32 matmul on {jax.local_device_count()} {kind} device(s)"
+  return measure_matmul_peak(n), f"measured float32 matmul on {jax.local_device_count()} {kind} device(s)"
 
 
 class MetricsWriter:
