@@ -231,20 +231,23 @@ def join_path(base: str, name: str) -> str:
   return f"{base.rstrip('/')}/{name}"
 
 
+def last_component(path: str) -> str:
+  """gs://bucket/runs/exp1/ -> exp1, as a safe file name (log and manifest names)."""
+  return safe_name(path.rstrip("/").rsplit("/", 1)[-1])
+
+
 def is_url(path: str) -> bool:
   return "://" in path
 
 
-def run_main(prog: str, build_parser: Callable[[], argparse.ArgumentParser],
+def run_main(prog: str, parser: argparse.ArgumentParser,
              plan: Callable[[argparse.Namespace], Sequence[Step]],
-             argv: Sequence[str] | None, keep_going: Callable[[argparse.Namespace], bool] | None
-             = None) -> int:
+             argv: Sequence[str] | None) -> int:
   """Parses argv, plans the steps, prints or runs them; user errors are one line on stderr."""
-  parser = build_parser()
   args = parse_args(parser, argv)
   try:
     steps = plan(args)
-    return execute(steps, args.dry_run, keep_going=bool(keep_going and keep_going(args)))
+    return execute(steps, args.dry_run, keep_going=getattr(args, "keep_going", False))
   except UserError as e:
     print(f"{prog}: error: {e}", file=sys.stderr)
     return 2

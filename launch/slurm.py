@@ -12,7 +12,7 @@ passed to `scone-jax train` as --coordinator_address, --num_processes and --proc
 
   python -m launch.slurm --nodes 4 --gpus_per_node 8 --partition gpu --time 24:00:00 \\
       --prelude 'source ~/scone/.venv/bin/activate' \\
-      --gin_file experiments/scone_1b.gin --workdir /shared/runs/scone_1b --dry-run
+      --gin_file experiments/runs/MY_RUN.gin --workdir /shared/runs/scone_1b --dry-run
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  return common.run_main(PROG, build_parser, plan, argv)
+  return common.run_main(PROG, build_parser(), plan, argv)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ the runs (name, overrides, workdir) is written first: BASE_WORKDIR/manifest.json
   --backend slurm  one sbatch job per run, named JOB_NAME-<run name>
 `--backend B --help` lists that backend's flags.
 
-  python -m launch.sweep --backend local --gin_file experiments/tiny_scone.gin \\
-      --grid fgram.size=[65536,262144] --grid fgram_model.num_layers=[2,4] \\
-      --workdir runs/sweep1 --dry-run
+  python -m launch.sweep --backend local --gin_file experiments/runs/tiny_cpu.gin \\
+      --gin.DATA_DIR="'data/tiny'" --grid 'ModelConfig.num_layers=[2,4]' \\
+      --grid 'TrainConfig.learning_rate=[1e-3,3e-3]' --workdir runs/sweep1 --dry-run
 """
 from __future__ import annotations
 
@@ -168,7 +168,8 @@ def expand(axes: Sequence[tuple[str, Sequence[str]]], base_workdir: str) -> list
   return runs
 
 
-def manifest(args: argparse.Namespace, axes, runs: Sequence[SweepRun]) -> dict:
+def manifest(args: argparse.Namespace, axes: Sequence[tuple[str, Sequence[str]]],
+             runs: Sequence[SweepRun]) -> dict:
   return {
       "backend": args.backend,
       "base_workdir": args.workdir,
@@ -184,7 +185,7 @@ def manifest_path(args: argparse.Namespace) -> str:
   if args.manifest:
     return args.manifest
   if common.is_url(args.workdir):
-    return f"sweep-{tpu_pod.run_name_of(args.workdir)}.json"
+    return f"sweep-{common.last_component(args.workdir)}.json"
   return os.path.join(args.workdir, "manifest.json")
 
 
@@ -208,6 +209,9 @@ def plan(args: argparse.Namespace) -> list[Step]:
     if name in base_names:
       raise UserError(f"{name} is both a grid axis and --gin.{name}=...; give it in one place")
   runs = expand(axes, args.workdir)
+  if args.backend == "tpu" and args.detach and len(runs) > 1:
+    raise UserError("--detach would start every run on the slice at once; drop it so the "
+                    "runs go one after another")
   text = json.dumps(manifest(args, axes, runs), indent=2) + "\n"
   steps: list[Step] = [WriteFile(manifest_path(args), text)]
   for run in runs:
@@ -259,8 +263,7 @@ def _backend_of(argv: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   backend = _backend_of(argv)
-  return common.run_main(PROG, lambda: build_parser(backend), plan, argv,
-                         keep_going=lambda args: args.keep_going)
+  return common.run_main(PROG, build_parser(backend), plan, argv)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Subcommands (each with --dry-run):
   create  create the slice unless `describe` finds it (then it is reused)
   setup   copy the package to every worker and pip-install it (a wheel/sdist, this repo, or a spec)
-  run     the same `scone-jax train ...` on all workers at once; each worker tees its output to
-          LOG_DIR/RUN.log on its own disk and streams it here prefixed with its hostname
+  run     the same `scone-jax train ...` on all workers at once; each worker appends its output
+          to LOG_DIR/RUN.log on its own disk and streams it here prefixed with its hostname
+          (--detach: starts it under nohup and returns)
   logs    fetch every worker's LOG_DIR/RUN.log into LOCAL_DIR/RUN/<worker>.log
   delete  delete the slice
   up      create (or reuse), setup and run, in that order
@@ -13,7 +14,7 @@ Multi-host flags are not passed: on Cloud TPU `scone-jax train` finds the coordi
 count and process id itself. Remote commands run in the worker's login shell (bash).
 
   python -m launch.tpu_pod up --name my-v5p --zone us-east5-a --accelerator_type v5p-256 \\
-      --repo . --gin_file experiments/scone_1b.gin --gin.TRAIN_STEPS=100000 \\
+      --repo . --gin_file experiments/runs/MY_RUN.gin --gin.TRAIN_STEPS=100000 \\
       --workdir gs://my-bucket/runs/scone_1b --dry-run
 """
 from __future__ import annotations
@@ -54,7 +55,7 @@ def default_runtime(accelerator_type: str) -> str:
   """The JAX runtime version for e.g. 'v5p-256' (-> 'v2-alpha-tpuv5')."""
   match = _ACCELERATOR.fullmatch(accelerator_type)
   if not match:
-    raise UserError(f"--accelerator_type {accelerator_type!r} is not of the form FAMILY-CORES; "
+    raise UserError(f"--accelerator_type {accelerator_type!r} is not of the form FAMILY-SIZE; "
                     "write e.g. v5p-256 or v6e-256")
   family = match.group(1)
   if family not in RUNTIME_BY_FAMILY:
@@ -113,26 +114,32 @@ def setup_steps(args: argparse.Namespace) -> list[Step]:
           _ssh_all(args, unpack)]
 
 
-def run_name_of(workdir: str) -> str:
-  """The log name of a run: the last component of its workdir."""
-  return common.safe_name(workdir.rstrip("/").rsplit("/", 1)[-1])
-
-
 def remote_train_command(run: TrainRun, env: Sequence[tuple[str, str]], log_dir: str,
-                         run_name: str) -> str:
-  """The shell text each worker runs: env, then train teed to LOG_DIR/RUN.log and prefixed."""
+                         run_name: str, detach: bool = False) -> str:
+  """The shell text each worker runs: env, then train appending to LOG_DIR/RUN.log.
+
+  Attached, the output is also streamed back with a `[hostname] ` prefix and ssh returns when
+  training ends; detached, training runs under nohup and ssh returns at once.
+  """
   log_file = f"{shlex.quote(log_dir)}/{shlex.quote(run_name + '.log')}"
+  train = shlex.join(run.argv())
+  if detach:
+    # All three descriptors redirected, or ssh would wait for the background job.
+    launch = f"(nohup {train} >> {log_file} 2>&1 < /dev/null &)"
+  else:
+    launch = f"{train} 2>&1 | tee -a {log_file} | sed -u \"s/^/[$(hostname)] /\""
   return " && ".join([
       "set -o pipefail",  # the pipeline's status is scone-jax's, not sed's
       'export PATH="$HOME/.local/bin:$PATH"',  # where `pip install --user` puts scone-jax
       *common.shell_exports(env),
       f"mkdir -p {shlex.quote(log_dir)}",
-      f"{shlex.join(run.argv())} 2>&1 | tee -a {log_file} | sed -u \"s/^/[$(hostname)] /\"",
+      launch,
   ])
 
 
 def run_steps(args: argparse.Namespace, run: TrainRun, run_name: str) -> list[Step]:
-  remote = remote_train_command(run, common.parse_env(args.env), args.log_dir, run_name)
+  remote = remote_train_command(run, common.parse_env(args.env), args.log_dir, run_name,
+                                args.detach)
   return [_ssh_all(args, remote)]
 
 
@@ -162,6 +169,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
   common.add_env_argument(parser)
   parser.add_argument("--log_dir", default="scone_logs",
                       help="log directory on each worker, relative to $HOME (default: %(default)s)")
+  parser.add_argument("--detach", action="store_true",
+                      help="start training under nohup and return; fetch progress with `logs`")
 
 
 def _add_create_arguments(parser: argparse.ArgumentParser) -> None:
@@ -224,14 +233,14 @@ def plan(args: argparse.Namespace) -> list[Step]:
   if args.action == "delete":
     return delete_steps(args)
   run = common.train_run(args)
-  steps = run_steps(args, run, run_name_of(run.workdir))
+  steps = run_steps(args, run, common.last_component(run.workdir))
   if args.action == "up":
     steps = create_steps(args) + setup_steps(args) + steps
   return steps
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  return common.run_main(PROG, build_parser, plan, argv)
+  return common.run_main(PROG, build_parser(), plan, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ environment GKE gives each pod, so no coordinator flags are passed.
 
   python -m launch.xpk create --cluster my-v5p --workload scone-1b --tpu_type v5p-256 \\
       --num_slices 2 --docker_image gcr.io/my-project/scone_jax:latest \\
-      --gin_file experiments/scone_1b.gin --workdir gs://my-bucket/runs/scone_1b --dry-run
+      --gin_file experiments/runs/MY_RUN.gin --workdir gs://my-bucket/runs/scone_1b --dry-run
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  return common.run_main(PROG, build_parser, plan, argv)
+  return common.run_main(PROG, build_parser(), plan, argv)
 
 
 if __name__ == "__main__":
