@@ -48,7 +48,8 @@ def _write_fixture(root) -> list[tuple[str, str]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text.encode("utf-8"))
   jsonl = root / "corpus" / "g.jsonl"
-  jsonl.write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(JSONL_DOCS)))
+  jsonl.write_text("".join(json.dumps({"text": t, "id": i}) + "\n"
+                           for i, t in enumerate(JSONL_DOCS)))
   for name, text in sorted(TXT_DOCS.items()):
     if "/" not in name:
       expected.append((str(root / "corpus" / name), text))
@@ -75,11 +76,13 @@ def _decoded_split(data_dir, split) -> list[str]:
 
 
 def _hash_fraction(identity: str, text: str) -> float:
-  return int.from_bytes(hashlib.sha256(f"{identity}\0{text}".encode()).digest()[:8], "little") / 2**64
+  digest = hashlib.sha256(f"{identity}\0{text}".encode()).digest()
+  return int.from_bytes(digest[:8], "little") / 2**64
 
 
 def _file_bytes(data_dir) -> dict[str, bytes]:
-  return {name: open(os.path.join(data_dir, name), "rb").read() for name in sorted(os.listdir(data_dir))}
+  return {name: open(os.path.join(data_dir, name), "rb").read()
+          for name in sorted(os.listdir(data_dir))}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +90,7 @@ def prepared(tmp_path_factory):
   root = tmp_path_factory.mktemp("prep")
   expected = _write_fixture(root)
   data_dir = str(root / "data")
-  result = prepare.prepare(_inputs(root), data_dir, vocab_size=320, validation_fraction=FRACTION,
+  result = prepare.prepare(_inputs(root), data_dir, vocab_size=400, validation_fraction=FRACTION,
                            register=False)
   return root, expected, data_dir, result
 
@@ -108,9 +111,10 @@ def test_split_is_by_document_hash_and_reproducible(prepared, tmp_path):
   # Same input, second run (over the first with --overwrite): byte-identical files.
   first = _file_bytes(data_dir)
   again = str(tmp_path / "again")
-  prepare.prepare(_inputs(root), again, vocab_size=320, validation_fraction=FRACTION, register=False)
+  prepare.prepare(_inputs(root), again, vocab_size=400, validation_fraction=FRACTION,
+                  register=False)
   assert _file_bytes(again) == first
-  prepare.prepare(_inputs(root), again, vocab_size=320, validation_fraction=FRACTION,
+  prepare.prepare(_inputs(root), again, vocab_size=400, validation_fraction=FRACTION,
                   overwrite=True, register=False)
   assert _file_bytes(again) == first
   assert sorted(os.listdir(tmp_path)) == ["again"]  # no temporary directories left behind
@@ -121,7 +125,7 @@ def test_meta_matches_counts_recomputed_from_the_shards(prepared):
   meta = json.load(open(os.path.join(data_dir, "meta.json")))
   assert meta == result.meta.to_json()
   processor = spm.SentencePieceProcessor(model_file=os.path.join(data_dir, "vocab.model"))
-  assert meta["vocab_size"] == processor.get_piece_size() == 320
+  assert meta["vocab_size"] == processor.get_piece_size() == 400
   assert (meta["pad_id"], meta["eos_id"], meta["bos_id"], meta["unk_id"]) == (0, 1, 2, 3)
   assert meta["tokenizer_sha256"] == hashlib.sha256(
       open(os.path.join(data_dir, "vocab.model"), "rb").read()).hexdigest()
@@ -142,19 +146,35 @@ def test_meta_matches_counts_recomputed_from_the_shards(prepared):
     assert (meta["num_documents"][split], meta["num_tokens"][split]) == (docs, tokens)
     total_docs += docs
   assert total_docs == len(expected)
-  assert set(meta["extra"]["shard_sha256"]) == {n for n in os.listdir(data_dir) if n.endswith(".array_record")}
+  assert set(meta["extra"]["shard_sha256"]) == {
+      n for n in os.listdir(data_dir) if n.endswith(".array_record")}
 
 
-def test_tokenizer_is_lossless_on_hard_strings(prepared):
+def test_given_vocab_is_copied_and_gives_the_same_shards(prepared, tmp_path, capsys):
+  root, _, data_dir, _ = prepared
+  out = str(tmp_path / "given")
+  result = prepare.prepare(_inputs(root), out, vocab=os.path.join(data_dir, "vocab.model"),
+                           validation_fraction=FRACTION, register=False, progress=True)
+  assert "tokenizing" in capsys.readouterr().err  # progress bars when asked for
+  assert result.meta.extra["tokenizer"]["trained"] is False
+  mine, theirs = _file_bytes(out), _file_bytes(data_dir)
+  assert mine.pop("meta.json") != theirs.pop("meta.json")  # only the provenance differs
+  assert mine == theirs
+
+
+def test_tokenizer_is_lossless_on_hard_strings(prepared, tmp_path):
   _, _, data_dir, _ = prepared
-  processor = spm.SentencePieceProcessor(model_file=os.path.join(data_dir, "vocab.model"))
+  unigram_path = str(tmp_path / "unigram.model")
+  tokenizer.train(JSONL_DOCS + list(TXT_DOCS.values()), unigram_path, 360, "unigram")
   rng = random.Random(0)
   alphabet = " \t\n\r\x0b\x0c\x00▁\ue000\ue0001aé\u0301ﬁＡ①\u2028\ufeff🎉日"
   hard = ["", " ", "  ", "▁", "\ue000", "\ue0001", "\ue0002▁▁ ", "a\r\nb", "\x00",
           "".join(chr(c) for c in range(1, 0x3000)), "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 \U0010FFFD"]
   hard += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(40))) for _ in range(300)]
-  for text in hard:
-    assert processor.decode(processor.encode(text)) == text, repr(text)
+  for model_path in (os.path.join(data_dir, "vocab.model"), unigram_path):
+    processor = spm.SentencePieceProcessor(model_file=model_path)
+    for text in hard:
+      assert processor.decode(processor.encode(text)) == text, (model_path, repr(text))
 
 
 def test_training_sample_is_bounded_and_deterministic():
@@ -178,7 +198,8 @@ def _stdlib_reference() -> list[str]:
   found = []
   for dirpath, _, filenames in os.walk(root):
     parts = os.path.relpath(dirpath, root).split(os.sep)
-    if any(p in excluded or p.startswith("test_") or p.endswith(("_test", "_tests")) for p in parts):
+    if any(p in excluded or p.startswith("test_") or p.endswith(("_test", "_tests"))
+           for p in parts):
       continue
     found += [os.path.normpath(os.path.join(os.path.relpath(dirpath, root), n))
               for n in filenames if n.endswith(".py")]
@@ -213,16 +234,18 @@ def test_seqio_task_in_and_out(tmp_path, capsys):
 
   seqio.TaskRegistry.remove("scone_jax_test_tiny")
   seqio.TaskRegistry.add("scone_jax_test_tiny", output_features={},
-                         source=seqio.FunctionDataSource(dataset_fn, splits=["train", "validation"]))
+                         source=seqio.FunctionDataSource(dataset_fn,
+                                                         splits=["train", "validation"]))
   out = str(tmp_path / "tiny")
   assert cli.main(["prepare", "--input", "seqio:scone_jax_test_tiny", "--out", out,
-                   "--vocab_size", "300"]) == 0
+                   "--vocab_size", "400"]) == 0
   assert "seqio task: scone_jax_tiny" in capsys.readouterr().out
   task = seqio.get_mixture_or_task("scone_jax_tiny")
   processor = spm.SentencePieceProcessor(model_file=os.path.join(out, "vocab.model"))
   read_back = []
   for split in shards.SPLITS:
-    examples = list(task.get_dataset(sequence_length=None, split=split, shuffle=False).as_numpy_iterator())
+    dataset = task.get_dataset(sequence_length=None, split=split, shuffle=False)
+    examples = list(dataset.as_numpy_iterator())
     assert all(e["targets"].dtype == np.int32 for e in examples)
     assert [e["targets"].tolist() for e in examples] == [
         d.tolist() for d in shards.read_documents(out, split)]
@@ -284,10 +307,12 @@ def test_full_stdlib_corpus_round_trips(tmp_path):
   result = prepare.prepare("builtin:python-stdlib", str(tmp_path / "stdlib"), register=False)
   seconds = time.perf_counter() - start
   meta = result.meta
-  print(f"full stdlib prepare: {seconds:.1f}s, documents {meta.num_documents}, tokens {meta.num_tokens}")
+  print(f"full stdlib prepare: {seconds:.1f}s, documents {meta.num_documents}, "
+        f"tokens {meta.num_tokens}")
   assert meta.vocab_size == 4096 and meta.extra["lossy_documents"] == 0
   root = sysconfig.get_paths()["stdlib"]
-  texts = [open(os.path.join(root, p), encoding="utf-8", newline="").read() for p in _stdlib_reference()]
+  texts = [open(os.path.join(root, p), encoding="utf-8", newline="").read()
+           for p in _stdlib_reference()]
   texts = [t for t in texts if t]
   assert sum(meta.num_documents.values()) == len(texts)
   decoded = _decoded_split(result.data_dir, "validation")

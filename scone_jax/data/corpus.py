@@ -34,7 +34,7 @@ class Document(NamedTuple):
 class Corpus:
   """A named, re-iterable stream of documents."""
   source: str  # as recorded in meta.json
-  _read: Callable[[], Iterator[Document]]
+  read_all: Callable[[], Iterator[Document]]
   max_docs: int | None = None
   skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # why -> how many
 
@@ -42,7 +42,7 @@ class Corpus:
     """Yields the non-empty documents in a fixed order (at most `max_docs`)."""
     count = 0
     self.skipped.clear()
-    for doc in self._read():
+    for doc in self.read_all():
       if self.max_docs is not None and count >= self.max_docs:
         return
       if not doc.text:
@@ -81,7 +81,8 @@ def read_text_file(path: str) -> str:
   except OSError as e:
     raise UserError(f"cannot read input {path!r}: {e.strerror or e}") from e
   if b"\0" in data:
-    raise UserError(f"input {path!r} is a binary file (it contains NUL bytes); pass text files only")
+    raise UserError(f"input {path!r} is a binary file (it contains NUL bytes); "
+                    "pass text files only")
   try:
     return data.decode("utf-8")
   except UnicodeDecodeError as e:
@@ -106,7 +107,7 @@ def _stdlib_corpus() -> Corpus:
         continue
       yield Document(rel, text)
 
-  return Corpus(source=f"{BUILTIN_STDLIB} ({root})", _read=read, skipped=skipped)
+  return Corpus(source=f"{BUILTIN_STDLIB} ({root})", read_all=read, skipped=skipped)
 
 
 def _jsonl_documents(path: str, field: str = "text") -> Iterator[Document]:
@@ -151,7 +152,7 @@ def _file_corpus(patterns: list[str]) -> Corpus:
       else:
         yield Document(path, read_text_file(path))
 
-  return Corpus(source=",".join(patterns), _read=read)
+  return Corpus(source=",".join(patterns), read_all=read)
 
 
 def _seqio_corpus(task_name: str, feature: str, splits: list[str] | None) -> Corpus:
@@ -163,7 +164,8 @@ def _seqio_corpus(task_name: str, feature: str, splits: list[str] | None) -> Cor
       for index, text in enumerate(seqio_task.task_texts(task_name, split, feature)):
         yield Document(f"{task_name}/{split}:{index}", text)
 
-  return Corpus(source=f"{SEQIO_PREFIX}{task_name} ({feature}; {','.join(task_splits)})", _read=read)
+  source = f"{SEQIO_PREFIX}{task_name} ({feature}; {','.join(task_splits)})"
+  return Corpus(source=source, read_all=read)
 
 
 def open_corpus(inputs: list[str], *, seqio_feature: str = "text",

@@ -20,7 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Iterator
+from typing import Sequence
 
 from scone_jax.data import corpus as corpus_lib
 from scone_jax.data import shards
@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--out", required=True, metavar="DATA", help="directory to write")
   parser.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE,
                       help="SentencePiece vocabulary size to train (default %(default)s)")
-  parser.add_argument("--vocab", metavar="SPM", help="use this SentencePiece model instead of training one")
+  parser.add_argument("--vocab", metavar="SPM",
+                      help="use this SentencePiece model instead of training one")
   parser.add_argument("--model_type", choices=tokenizer_lib.MODEL_TYPES, default="bpe",
                       help="SentencePiece algorithm (default %(default)s)")
   parser.add_argument("--validation_fraction", type=float, default=DEFAULT_VALIDATION_FRACTION,
@@ -71,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"shards per split (default: at least {MIN_SHARDS}, one per "
                            f"{CHARS_PER_SHARD >> 20}M characters)")
   parser.add_argument("--tokenizer_sample_chars", type=int, default=DEFAULT_SAMPLE_CHARS,
-                      help="train the tokenizer on at most this many characters (default %(default)s)")
+                      help="train the tokenizer on at most this many characters "
+                           "(default %(default)s)")
   parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
   parser.add_argument("--seqio_module", action="append", default=[], metavar="MODULE",
                       help="import MODULE first (it registers seqio tasks); repeatable")
@@ -107,7 +109,7 @@ def prepare(inputs: list[str] | str, out: str, *, vocab_size: int = DEFAULT_VOCA
             vocab: str | None = None, model_type: str = "bpe",
             validation_fraction: float = DEFAULT_VALIDATION_FRACTION, num_shards: int | None = None,
             tokenizer_sample_chars: int = DEFAULT_SAMPLE_CHARS, overwrite: bool = False,
-            seqio_modules: list[str] = (), seqio_feature: str = "text",
+            seqio_modules: Sequence[str] = (), seqio_feature: str = "text",
             seqio_splits: list[str] | None = None, task_name: str | None = None,
             max_docs: int | None = None, progress: bool | None = None,
             register: bool = True) -> PrepareResult:
@@ -127,6 +129,8 @@ def prepare(inputs: list[str] | str, out: str, *, vocab_size: int = DEFAULT_VOCA
   if max_docs is not None and max_docs <= 0:
     raise UserError(f"--max_docs {max_docs} must be positive")
   _check_out(out, overwrite)
+  if vocab is not None:
+    tokenizer_lib.Tokenizer(vocab, flag="--vocab")  # fail before reading the corpus
   from scone_jax.data import seqio_task
   seqio_task.import_modules(list(seqio_modules))
   corpus = corpus_lib.open_corpus(inputs, seqio_feature=seqio_feature, seqio_splits=seqio_splits,
@@ -155,41 +159,13 @@ def _prepare_into(data_dir: str, corpus: corpus_lib.Corpus, bars: "_Progress", *
   if train_tokenizer:
     with bars.spinner(f"training a {model_type} tokenizer ({vocab_size} pieces, "
                       f"{scan.sample.num_chars} characters)"):
-      tokenizer_lib.train(scan.sample.sentences(), vocab_path, vocab_size, model_type)
+      tokenizer_lib.train(scan.sample.sentences(), vocab_path, vocab_size, model_type,
+                          sampled=scan.sample.dropped)
   else:
-    tokenizer_lib.Tokenizer(vocab)  # a clear error before copying a bad file
     shutil.copyfile(vocab, vocab_path)
   tokenizer = tokenizer_lib.Tokenizer(vocab_path)
 
-  counts = {split: sum(1 for v in scan.is_validation if v == (split == "validation"))
-            for split in shards.SPLITS}
-  writers = {split: shards.ShardWriter(data_dir, split, _num_shards(num_shards, counts[split],
-                                                                    scan.num_chars[split]))
-             for split in shards.SPLITS}
-  lossy: list[str] = []
-  fingerprint = hashlib.sha256()
-  index = 0
-  try:
-    task = bars.task("tokenizing", total=len(scan.is_validation))
-    for batch in _batches(corpus.documents(), ENCODE_BATCH):
-      texts = [doc.text for doc in batch]
-      ids_batch = tokenizer.encode_batch(texts)
-      decoded = tokenizer.decode_batch(ids_batch)
-      for doc, ids, text_back in zip(batch, ids_batch, decoded):
-        if index >= len(scan.is_validation):
-          raise UserError(f"input {corpus.source!r} changed while prepare was reading it; run again")
-        fingerprint.update(f"{doc.identity}\0{len(doc.text)}\n".encode("utf-8", "surrogatepass"))
-        split = "validation" if scan.is_validation[index] else "train"
-        writers[split].write(ids)
-        if text_back != doc.text:
-          lossy.append(doc.identity)
-        index += 1
-      bars.advance(task, len(batch))
-  finally:
-    for writer in writers.values():
-      writer.close()
-  if fingerprint.hexdigest() != scan.fingerprint:
-    raise UserError(f"input {corpus.source!r} changed while prepare was reading it; run again")
+  writers, lossy = _write_shards(data_dir, corpus, scan, tokenizer, num_shards, bars)
   if lossy and train_tokenizer:
     raise AssertionError(f"trained tokenizer is not lossless on {lossy[0]!r}")  # a bug, not input
   if lossy:
@@ -219,6 +195,41 @@ def _prepare_into(data_dir: str, corpus: corpus_lib.Corpus, bars: "_Progress", *
       })
   shards.write_meta(data_dir, meta)
   return meta
+
+
+def _write_shards(data_dir: str, corpus: corpus_lib.Corpus, scan: _Scan,
+                  tokenizer: tokenizer_lib.Tokenizer, num_shards: int | None,
+                  bars: "_Progress") -> tuple[dict[str, shards.ShardWriter], list[str]]:
+  """Pass 2: encodes every document into its split's shards; returns the writers and the
+  identities of documents that do not decode back exactly."""
+  counts = {"train": scan.is_validation.count(0), "validation": scan.is_validation.count(1)}
+  writers = {split: shards.ShardWriter(
+      data_dir, split, _num_shards(num_shards, counts[split], scan.num_chars[split]))
+             for split in shards.SPLITS}
+  lossy: list[str] = []
+  fingerprint = hashlib.sha256()
+  changed = UserError(f"input {corpus.source!r} changed while prepare was reading it; run again")
+  index = 0
+  try:
+    task = bars.task("tokenizing", total=len(scan.is_validation))
+    for batch in _batches(corpus.documents(), ENCODE_BATCH):
+      ids_batch = tokenizer.encode_batch([doc.text for doc in batch])
+      decoded = tokenizer.decode_batch(ids_batch)
+      for doc, ids, text_back in zip(batch, ids_batch, decoded):
+        if index >= len(scan.is_validation):
+          raise changed
+        fingerprint.update(f"{doc.identity}\0{len(doc.text)}\n".encode("utf-8", "surrogatepass"))
+        writers["validation" if scan.is_validation[index] else "train"].write(ids)
+        if text_back != doc.text:
+          lossy.append(doc.identity)
+        index += 1
+      bars.advance(task, len(batch))
+  finally:
+    for writer in writers.values():
+      writer.close()
+  if fingerprint.hexdigest() != scan.fingerprint:
+    raise changed
+  return writers, lossy
 
 
 def _scan(corpus: corpus_lib.Corpus, validation_fraction: float, sample_chars: int | None,
@@ -284,7 +295,8 @@ def _check_out(out: str, overwrite: bool) -> None:
   if os.path.exists(out) and not os.path.isdir(out):
     raise UserError(f"--out {out!r} is a file; pass a directory path")
   if os.path.isdir(out) and os.listdir(out) and not overwrite:
-    raise UserError(f"--out {out!r} is not empty; pass --overwrite to replace it or choose another path")
+    raise UserError(f"--out {out!r} is not empty; pass --overwrite to replace it "
+                    "or choose another path")
 
 
 def _make_tmp_dir(out: str) -> str:
@@ -292,13 +304,18 @@ def _make_tmp_dir(out: str) -> str:
   parent = os.path.dirname(os.path.abspath(out))
   try:
     os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.partial-", dir=parent)
+    base = os.path.basename(os.path.abspath(out))
+    tmp_dir = tempfile.mkdtemp(prefix=f".{base}.partial-", dir=parent)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
     return tmp_dir
   except OSError as e:
-    raise UserError(f"cannot write --out {out!r} ({e.strerror or e}); choose a writable directory") from e
+    blocker = parent
+    while not os.path.exists(blocker) and os.path.dirname(blocker) != blocker:
+      blocker = os.path.dirname(blocker)
+    why = f"{blocker!r} is a file" if os.path.isfile(blocker) else (e.strerror or str(e))
+    raise UserError(f"cannot write --out {out!r}: {why}; choose a writable directory") from e
 
 
 def _move_into_place(tmp_dir: str, out: str) -> None:

@@ -104,7 +104,8 @@ def _text_dataset(task, split: str, feature: str):
     spec = dataset.element_spec
     if isinstance(spec, dict) and feature in spec:
       if spec[feature].dtype != tf.string:
-        raise UserError(f"seqio task {task.name!r}: feature {feature!r} is {spec[feature].dtype.name}, "
+        raise UserError(f"seqio task {task.name!r}: feature {feature!r} is "
+                        f"{spec[feature].dtype.name}, "
                         "not text; name a raw text feature with --seqio_feature")
       return dataset
   raise UserError(f"seqio task {task.name!r} has no feature {feature!r} in split {split!r}; "
@@ -163,7 +164,8 @@ def register_prepared(data_dir: str, name: str | None = None) -> str:
     raise UserError(f"{vocab_path!r} does not exist: re-run `scone-jax prepare --out {data_dir}`")
   task_name = name or default_task_name(data_dir)
   if not re.fullmatch(r"[\w.:#]+", task_name):
-    raise UserError(f"seqio task name {task_name!r} may only hold letters, digits, '_', '.', ':', '#'")
+    raise UserError(f"seqio task name {task_name!r} may only hold letters, digits, "
+                    "'_', '.', ':', '#'")
   seqio = import_seqio()
   import tensorflow as tf
   source = seqio.FunctionDataSource(
@@ -173,5 +175,6 @@ def register_prepared(data_dir: str, name: str | None = None) -> str:
   seqio.TaskRegistry.remove(task_name)
   seqio.TaskRegistry.add(
       task_name, source=source,
-      output_features={TARGETS: seqio.Feature(vocabulary=vocabulary, add_eos=False, dtype=tf.int32)})
+      output_features={
+          TARGETS: seqio.Feature(vocabulary=vocabulary, add_eos=False, dtype=tf.int32)})
   return task_name

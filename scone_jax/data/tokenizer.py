@@ -77,16 +77,19 @@ class TrainingSample:
     self.max_chars = max_chars
     self._heap: list[tuple[float, str]] = []  # (-priority, chunk): a max-heap on priority
     self._chars = 0
+    self.dropped = False  # True once some text did not fit: the sample is not the whole split
 
   def add_document(self, text: str) -> None:
     for chunk in training_chunks(text):
       priority = stable_fraction(chunk)
       if self._chars + len(chunk) > self.max_chars and self._heap and -self._heap[0][0] <= priority:
-        continue  # would be evicted at once
+        self.dropped = True  # would be evicted at once
+        continue
       heapq.heappush(self._heap, (-priority, chunk))
       self._chars += len(chunk)
       while self._chars > self.max_chars and len(self._heap) > 1:
         self._chars -= len(heapq.heappop(self._heap)[1])
+        self.dropped = True
 
   @property
   def num_chars(self) -> int:
@@ -102,10 +105,11 @@ _TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+)
 
 
 def train(sentences: Sequence[str], out_path: str, vocab_size: int, model_type: str = "bpe",
-          num_threads: int | None = None) -> None:
+          num_threads: int | None = None, sampled: bool = False) -> None:
   """Trains a lossless SentencePiece model on `sentences` and writes it to `out_path`.
 
-  Raises UserError when `vocab_size` does not fit the corpus (SentencePiece's own check).
+  Raises UserError when `vocab_size` does not fit the corpus (SentencePiece's own check);
+  `sampled` says the sentences are a sample of a larger text (the message then says so).
   Deterministic: same sentences, same arguments -> byte-identical model file.
   """
   import sentencepiece as spm
@@ -134,15 +138,27 @@ def train(sentences: Sequence[str], out_path: str, vocab_size: int, model_type: 
           pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID,
           num_threads=num_threads or min(os.cpu_count() or 1, 16), minloglevel=2)
     except RuntimeError as e:
-      raise _vocab_size_error(str(e), vocab_size) from e
+      raise _vocab_size_error(str(e), vocab_size, sampled) from e
   with open(out_path, "wb") as f:
-    f.write(model.getvalue())
+    f.write(_without_rule_paths(model.getvalue()))
 
 
-def _vocab_size_error(message: str, vocab_size: int) -> Exception:
+def _without_rule_paths(blob: bytes) -> bytes:
+  """The model with the temporary rule-file paths blanked: they are compiled into the
+  charsmaps already, and a path that differs per run would make the file non-reproducible."""
+  from sentencepiece import sentencepiece_model_pb2
+  proto = sentencepiece_model_pb2.ModelProto()
+  proto.ParseFromString(blob)
+  proto.normalizer_spec.normalization_rule_tsv = ""
+  proto.denormalizer_spec.normalization_rule_tsv = ""
+  return proto.SerializeToString(deterministic=True)
+
+
+def _vocab_size_error(message: str, vocab_size: int, sampled: bool) -> Exception:
   if m := _TOO_LARGE.search(message):
+    more = " or a larger --tokenizer_sample_chars" if sampled else ""
     return UserError(f"--vocab_size {vocab_size} is too large for this corpus: "
-                     f"it supports at most {m.group(2)}; pass a smaller --vocab_size")
+                     f"it supports at most {m.group(2)}; pass a smaller --vocab_size{more}")
   if m := _TOO_SMALL.search(message):
     return UserError(f"--vocab_size {vocab_size} is too small for this corpus: it needs at least "
                      f"{m.group(2)} pieces (special ids, 256 bytes and every common character)")
@@ -153,19 +169,22 @@ def _vocab_size_error(message: str, vocab_size: int) -> Exception:
 class Tokenizer:
   """A loaded SentencePiece model; ids are Python ints, texts are str."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, flag: str = "tokenizer"):
+    """`flag` names the path in error messages (e.g. "--vocab")."""
     import sentencepiece as spm
     if not os.path.isfile(path):
-      raise UserError(f"tokenizer {path!r} does not exist: pass a SentencePiece .model file")
+      raise UserError(f"{flag} {path!r} does not exist; pass a SentencePiece .model file")
     with open(path, "rb") as f:
       blob = f.read()
     processor = spm.SentencePieceProcessor()
     try:
       processor.LoadFromSerializedProto(blob)
-    except (RuntimeError, OSError, TypeError) as e:
-      raise UserError(f"tokenizer {path!r} is not a SentencePiece model ({e})") from e
-    if processor.get_piece_size() <= 0:
-      raise UserError(f"tokenizer {path!r} is not a SentencePiece model (no pieces)")
+      valid = processor.get_piece_size() > 0
+    except (RuntimeError, OSError, TypeError):
+      valid = False
+    if not valid:
+      raise UserError(f"{flag} {path!r} is not a SentencePiece model file; pass a .model file "
+                      "written by SentencePiece")
     self.path = path
     self.sha256 = hashlib.sha256(blob).hexdigest()
     self._processor = processor
