@@ -33,6 +33,7 @@ class ModelConfig:
   scan_layers: bool = True
   remat_policy: str = "nothing_saveable"  # none | nothing_saveable | dots | dots_with_no_batch_dims
   init_std: float = 0.02
+  embedding: str = "token"       # token (baseline) | scone
 
   @property
   def resolved_head_dim(self) -> int:
@@ -49,11 +50,41 @@ class ModelConfig:
       raise UserError(f"head dimension {self.resolved_head_dim} must be even for RoPE")
     if self.remat_policy not in REMAT_POLICIES:
       raise UserError(f"ModelConfig.remat_policy={self.remat_policy!r} is not one of {', '.join(REMAT_POLICIES)}")
+    if self.embedding not in EMBEDDINGS:
+      raise UserError(f"ModelConfig.embedding={self.embedding!r} is not one of {', '.join(EMBEDDINGS)}")
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise UserError(f"ModelConfig.dtype={self.dtype!r} is not float32, bfloat16 or float16")
 
 
+EMBEDDINGS = ("token", "scone")
 REMAT_POLICIES = ("none", "nothing_saveable", "dots", "dots_with_no_batch_dims")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class FgramConfig:
+  """SCONE: the f-gram vocabulary V_f and the f-gram model A_f (METHODS.md 1.3).
+
+  Widths of 0 mean "as the main model". `size` keeps the first `size` f-grams of the file: a
+  prefix of the global ranking is exactly V_f for that S, so one file serves a |V_f| sweep."""
+  fgram_dir: str = ""
+  size: int = 0                 # |V_f| used (0 = every f-gram in the file)
+  num_layers: int = 1           # L_f
+  d_model: int = 0              # d_f
+  num_heads: int = 0
+  num_kv_heads: int = 0
+  d_ff: int = 0
+  max_unique: int = 0           # distinct f-grams per process batch (static); 0 = never-overflowing bound
+
+  def model_config(self, main: "ModelConfig") -> "ModelConfig":
+    """A_f's block design: the main model's, at A_f's own width and depth."""
+    d = self.d_model or main.d_model
+    heads = self.num_heads or main.num_heads
+    return dataclasses.replace(
+        main, d_model=d, num_layers=self.num_layers, num_heads=heads,
+        num_kv_heads=self.num_kv_heads or min(main.num_kv_heads, heads),
+        head_dim=0 if self.d_model or self.num_heads else main.head_dim,
+        d_ff=self.d_ff or (main.d_ff * d) // main.d_model)
 
 
 @gin.configurable

@@ -22,16 +22,73 @@ class Experiment:
   train: C.TrainConfig
   mesh: C.MeshConfig
   data_meta: shards.DataMeta
+  fgram: C.FgramConfig | None = None
+  fgram_vocab: object = None        # scone_jax.fgram.vocab.FgramVocab, truncated to FgramConfig.size
+
+  @property
+  def max_n(self) -> int:
+    return self.fgram_vocab.meta.max_n if self.fgram_vocab is not None else 0
 
   def build_model(self):
     from scone_jax.models import build_model
-    return build_model(self.model, self.train.seed)
+    return build_model(self.model, self.train.seed, fgram=self.fgram, max_n=self.max_n)
+
+  def max_unique(self, process_rows: int, batch_devices: int) -> int:
+    """Static number of distinct f-grams per process batch, a multiple of the batch devices."""
+    bound = self.fgram.max_unique or min(process_rows * self.data.seq_len, len(self.fgram_vocab))
+    return -(-bound // batch_devices) * batch_devices
 
   def row_features(self) -> tuple:
-    return ()
+    if self.fgram_vocab is None:
+      return ()
+    from scone_jax.fgram.matcher import ExactMatcher
+    return (MatchRow(ExactMatcher(self.fgram_vocab)),)
 
-  def batch_features(self) -> tuple:
-    return ()
+  def batch_features(self, process_index: int = 0, batch_devices: int = 1, process_rows: int = 0) -> tuple:
+    if self.fgram_vocab is None:
+      return ()
+    u = self.max_unique(process_rows or self.data.batch_size, batch_devices)
+    return (DistinctFgrams(self.fgram_vocab, u, offset=process_index * u),)
+
+
+class MatchRow:
+  """Row feature: the longest f-gram ending at every position (never across segments)."""
+
+  def __init__(self, matcher):
+    self.matcher = matcher
+
+  def __call__(self, row: dict) -> dict:
+    fgram_id, match_len = self.matcher.match(row["inputs"], row["segment_ids"])
+    return {**row, "fgram_id": fgram_id.astype("int32"), "match_len": match_len.astype("int32")}
+
+
+class DistinctFgrams:
+  """Batch feature: the batch's distinct f-grams (padded to a static U) with their tokens, and
+  per-position indices into them, offset so they index the list concatenated over processes."""
+
+  def __init__(self, vocab, max_unique: int, offset: int = 0):
+    import numpy as np
+    self.max_unique, self.offset = max_unique, offset
+    k = vocab.meta.max_n
+    lengths = vocab.lengths
+    self.tokens = np.full((len(vocab) + 1, k), -1, np.int32)   # last row: padding
+    cols = np.arange(k)
+    mask = cols[None, :] < lengths[:, None]
+    starts = vocab.offsets[:-1]
+    self.tokens[:-1][mask] = vocab.flat[(starts[:, None] + cols[None, :])[mask]]
+    self.lengths = np.concatenate([lengths, [0]]).astype(np.int32)
+
+  def __call__(self, batch: dict) -> dict:
+    import numpy as np
+    from scone_jax.fgram.matcher import dedup_batch
+    try:
+      unique_ids, index, _ = dedup_batch(batch["fgram_id"], self.max_unique)
+    except ValueError as e:
+      raise UserError(f"a batch has more distinct f-grams than FgramConfig.max_unique={self.max_unique}: "
+                      "raise it (0 = a bound that never overflows)") from e
+    rows = np.where(unique_ids >= 0, unique_ids, len(self.lengths) - 1)
+    index = np.where(index >= 0, index + self.offset, -1).astype(np.int32)
+    return {**batch, "fgram_index": index, "unique_tokens": self.tokens[rows], "unique_lengths": self.lengths[rows]}
 
 
 def load(gin_files: list[str], bindings: list[str], *, data_dir: str | None = None) -> Experiment:
@@ -59,7 +116,29 @@ def load(gin_files: list[str], bindings: list[str], *, data_dir: str | None = No
     raise UserError(f"DataConfig.seq_len={data.seq_len} / batch_size={data.batch_size} must be >= 2 / >= 1")
   if train.steps < 1:
     raise UserError(f"TrainConfig.steps={train.steps} must be at least 1")
-  return Experiment(model, data, train, mesh, meta)
+  exp = Experiment(model, data, train, mesh, meta)
+  if model.embedding == "scone":
+    _attach_fgrams(exp)
+  return exp
+
+
+def _attach_fgrams(exp: Experiment) -> None:
+  from scone_jax.fgram import vocab as fgram_vocab
+  fcfg = C.build(C.FgramConfig)
+  if not fcfg.fgram_dir:
+    raise UserError("a SCONE run needs FGRAM_DIR (e.g. --gin.FGRAM_DIR=\"'/path/to/fgrams'\")")
+  vocab = fgram_vocab.load(fcfg.fgram_dir)
+  if vocab.meta.data_fingerprint != shards.data_fingerprint(exp.data.data_dir):
+    raise UserError(f"f-grams in {fcfg.fgram_dir!r} were built from other data than {exp.data.data_dir!r}: "
+                    "rebuild them with `scone-jax fgrams build`")
+  if vocab.meta.vocab_size != exp.data_meta.vocab_size:
+    raise UserError(f"f-gram vocabulary size {vocab.meta.vocab_size} != data vocabulary {exp.data_meta.vocab_size}")
+  if fcfg.size:
+    if fcfg.size > len(vocab):
+      raise UserError(f"FgramConfig.size={fcfg.size} but {fcfg.fgram_dir!r} holds only {len(vocab)} f-grams")
+    vocab = fgram_vocab.FgramVocab(vocab.flat[:vocab.offsets[fcfg.size]], vocab.offsets[:fcfg.size + 1],
+                                   vocab.counts[:fcfg.size], vocab.meta)
+  exp.fgram, exp.fgram_vocab = fcfg, vocab
 
 
 def save_operative_config(workdir: str) -> None:

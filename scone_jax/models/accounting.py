@@ -83,3 +83,19 @@ def account(cfg: ModelConfig, abstract_params, seq_len: int, extra_train_flops_p
   fwd = main_model_flops(cfg, seq_len)
   return Accounting(groups["resident"], groups["training"], groups["offloaded"],
                     inference_flops_per_token=fwd, train_flops_per_token=3 * fwd + extra_train_flops_per_token)
+
+
+def for_experiment(exp, abstract_params, process_count: int = 1, batch_devices: int = 1) -> Accounting:
+  """The three numbers and FLOPs of an experiment (SCONE adds A_f and the offloaded table)."""
+  base = account(exp.model, abstract_params, exp.data.seq_len)
+  if exp.fgram_vocab is None:
+    return base
+  k = exp.max_n
+  fcfg = exp.fgram.model_config(exp.model)
+  d, df = exp.model.d_model, fcfg.d_model
+  per_fgram = k * decoder_forward_flops(fcfg, k) + (2 * k * d * df + 2 * df * d if df != d else 0)
+  rows = exp.data.batch_size
+  distinct = exp.max_unique(rows // process_count, batch_devices) * process_count
+  extra = 3.0 * per_fgram * distinct / (rows * exp.data.seq_len)
+  return dataclasses.replace(base, offloaded_entries=len(exp.fgram_vocab) * d,
+                             train_flops_per_token=base.train_flops_per_token + extra)

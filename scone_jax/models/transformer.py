@@ -60,7 +60,7 @@ class Transformer(nnx.Module):
     self.cfg = cfg
     d, v = cfg.d_model, cfg.vocab_size
     self.token_embed = param(rngs, nnx.initializers.normal(1.0), (v, d), ("vocab", "embed"))
-    self.input_embedding = None
+    self.input_embedding = nnx.data(None)
     self.decoder = BlockStack(cfg, rngs, num_layers=cfg.num_layers)
     self.final_norm = RMSNorm(d, cfg.norm_eps, rngs)
     if not cfg.tie_embeddings:

@@ -28,7 +28,8 @@ def evaluate(exp, trainer, params, *, split: str = "validation", max_batches: in
   spec = pipeline.PipelineSpec(
       data_dir or dcfg.data_dir, split, dcfg.seq_len, dcfg.eval_batch_size or dcfg.batch_size,
       process_index=jax.process_index(), process_count=jax.process_count(), prefetch=0, shuffle=False,
-      row_features=exp.row_features(), batch_features=exp.batch_features())
+      row_features=exp.row_features(), batch_features=exp.batch_features(
+          jax.process_index(), trainer.batch_devices, (dcfg.eval_batch_size or dcfg.batch_size) // jax.process_count()))
   total, tokens, step_fn = 0.0, 0.0, None
   with jax.set_mesh(trainer.mesh):
     for i, local in enumerate(pipeline.eval_batches(spec)):

@@ -90,7 +90,7 @@ def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = No
     raise UserError(f"DataConfig.batch_size={dcfg.batch_size} is not divisible by the {batch_devices} "
                     f"data-parallel devices and {jax.process_count()} processes of the mesh")
   trainer = Trainer(exp.model, cfg, mesh, exp.build_model)
-  acct = accounting.account(exp.model, trainer.abstract_params, dcfg.seq_len)
+  acct = accounting.for_experiment(exp, trainer.abstract_params, jax.process_count(), trainer.batch_devices)
   for line in acct.lines():
     _log(line, quiet)
   _log(f"mesh: {dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)", quiet)
@@ -98,7 +98,8 @@ def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = No
   spec = pipeline.PipelineSpec(
       dcfg.data_dir, "train", dcfg.seq_len, dcfg.batch_size, seed=dcfg.shuffle_seed,
       process_index=jax.process_index(), process_count=jax.process_count(), prefetch=dcfg.prefetch,
-      row_features=exp.row_features(), batch_features=exp.batch_features())
+      row_features=exp.row_features(), batch_features=exp.batch_features(
+          jax.process_index(), trainer.batch_devices, dcfg.batch_size // jax.process_count()))
   data_iter = iter(pipeline.make_dataset(spec))
   ckpt = Checkpoints(workdir, cfg)
   experiment.save_operative_config(workdir)

@@ -99,9 +99,14 @@ class Trainer:
     return aux
 
   def batch_shardings(self, batch_shapes: dict) -> dict:
+    """Rows over the batch axes; per-batch lists (`unique_*`) over the same devices."""
     return {k: NamedSharding(self.mesh, parallel.logical_to_spec(
-        ("unique_fgrams",) if v.ndim == 1 else ("batch",) + (None,) * (v.ndim - 1)))
+        ("unique_fgrams" if k.startswith("unique_") else "batch",) + (None,) * (v.ndim - 1)))
         for k, v in batch_shapes.items()}
+
+  @property
+  def batch_devices(self) -> int:
+    return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
 
   def jit_train_step(self, batch_shapes: dict):
     replicated = NamedSharding(self.mesh, P())
@@ -118,8 +123,8 @@ class Trainer:
     out = {}
     shardings = self.batch_shardings(local_batch)
     for k, v in local_batch.items():
-      if v.ndim == 1:   # per-batch vectors (distinct f-grams) are concatenated over processes
-        shape = (v.shape[0] * jax.process_count(),)
+      if k.startswith("unique_"):   # per-batch lists (distinct f-grams): concatenated over processes
+        shape = (v.shape[0] * jax.process_count(),) + v.shape[1:]
       else:
         shape = (global_rows,) + v.shape[1:]
       out[k] = jax.make_array_from_process_local_data(shardings[k], v, shape)
