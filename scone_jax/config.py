@@ -145,11 +145,16 @@ def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
   # `include 'models/x.gin'` resolves against experiments/ first (gin logs an error per miss).
   gin.config._LOCATION_PREFIXES[:] = [EXPERIMENTS_DIR, ""]
   gin_files = resolved
+  errors = (ValueError, KeyError, TypeError, SyntaxError, IOError)
   try:
-    gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=False)
-  except (ValueError, KeyError, TypeError, SyntaxError, IOError) as e:
-    msg = " ".join(str(e).split())
-    raise UserError(f"bad gin configuration: {msg}") from e
+    gin.parse_config_files_and_bindings(gin_files, [], finalize_config=False)
+  except errors as e:
+    raise UserError(f"bad gin configuration: {' '.join(str(e).split())}") from e
+  for binding in bindings:
+    try:
+      gin.parse_config(binding)
+    except errors as e:
+      raise UserError(f"bad gin binding {binding!r}: {' '.join(str(e).split())}") from e
 
 
 def bindings_from_flags(extra: list[str]) -> list[str]:
@@ -169,6 +174,11 @@ def bindings_from_flags(extra: list[str]) -> list[str]:
 def build(cls):
   """Builds a gin-configured dataclass, turning gin's errors into UserErrors."""
   try:
-    return cls()
-  except (ValueError, TypeError) as e:
+    obj = cls()
+  except (ValueError, TypeError, RuntimeError) as e:
     raise UserError(f"bad gin configuration for {cls.__name__}: {' '.join(str(e).split())}") from e
+  for field in dataclasses.fields(obj):
+    if getattr(obj, field.name) is gin.REQUIRED:   # a `%gin.REQUIRED` macro left unset
+      raise UserError(f"{cls.__name__}.{field.name} is required: set the macro it is bound to "
+                      "(e.g. --gin.DATA_DIR=\"'/path'\")")
+  return obj
