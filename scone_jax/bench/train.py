@@ -1,0 +1,106 @@
+"""`scone-jax bench train`: MFU of the real train step against this host's measured matmul peak.
+
+In one run: the peak FLOP/s of a large float32 matmul on the local devices, then the baseline
+model's train step and the same main model with SCONE (A_f on the batch's distinct f-grams),
+each timed over several steps on synthetic token batches. MFU counts model FLOPs only
+(models/accounting.py): for SCONE, A_f's FLOPs on the distinct f-grams count as useful work.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--d_model", type=int, default=256)
+  p.add_argument("--num_layers", type=int, default=4)
+  p.add_argument("--d_ff", type=int, default=1024)
+  p.add_argument("--num_heads", type=int, default=8)
+  p.add_argument("--vocab_size", type=int, default=4096)
+  p.add_argument("--seq_len", type=int, default=256)
+  p.add_argument("--batch_size", type=int, default=16)
+  p.add_argument("--steps", type=int, default=6, help="timed steps per model (after 2 warm-up steps)")
+  p.add_argument("--max_n", type=int, default=4, help="K of the synthetic f-gram vocabulary")
+  p.add_argument("--distinct_fraction", type=float, default=0.25,
+                 help="distinct f-grams per batch as a fraction of its tokens")
+  p.add_argument("--fgram_layers", type=int, default=1)
+  p.add_argument("--skip_scone", action="store_true")
+
+
+def _time_steps(trainer, batch, steps: int) -> float:
+  import jax
+  with jax.set_mesh(trainer.mesh):
+    state = trainer.init()
+    step_fn = trainer.jit_train_step(batch)
+    gbatch = trainer.global_batch(batch, batch["inputs"].shape[0])
+    for _ in range(2):
+      state, m = step_fn(state, gbatch)
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      state, m = step_fn(state, gbatch)
+      jax.block_until_ready(m)
+      times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def run(args) -> int:
+  import jax
+  import numpy as np
+
+  from scone_jax import parallel
+  from scone_jax.config import FgramConfig, MeshConfig, ModelConfig, TrainConfig
+  from scone_jax.models import accounting, build_model
+  from scone_jax.train.metrics import measure_matmul_peak
+  from scone_jax.train.state import Trainer
+
+  rng = np.random.default_rng(0)
+  b, l = args.batch_size, args.seq_len
+  mesh = parallel.make_mesh(MeshConfig(data=-1), jax.local_devices())
+  cfg = ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model, num_layers=args.num_layers,
+                    num_heads=args.num_heads, num_kv_heads=max(1, args.num_heads // 2), d_ff=args.d_ff,
+                    max_seq_len=l, remat_policy="none")
+  tcfg = TrainConfig(steps=1000, warmup_steps=10)
+  batch = {"inputs": rng.integers(4, cfg.vocab_size, (b, l)).astype(np.int32),
+           "targets": rng.integers(4, cfg.vocab_size, (b, l)).astype(np.int32),
+           "segment_ids": np.ones((b, l), np.int32), "positions": np.tile(np.arange(l, dtype=np.int32), (b, 1))}
+
+  peak = measure_matmul_peak(n=1024, repeats=5)
+  print(f"bench train: peak {peak / 1e9:.1f} GFLOP/s (float32 1024x1024 matmul, {jax.local_device_count()} "
+        f"{jax.local_devices()[0].device_kind} device(s))", flush=True)
+
+  base_trainer = Trainer(cfg, tcfg, mesh, lambda: build_model(cfg, 0))
+  base_acct = accounting.account(cfg, base_trainer.abstract_params, l)
+  t = _time_steps(base_trainer, batch, args.steps)
+  base_mfu = base_acct.train_flops_per_token * b * l / t / peak
+  print(f"bench train: baseline {base_acct.resident_params:,} params, step {t * 1e3:.1f} ms, "
+        f"{b * l / t:,.0f} tok/s, {base_acct.train_flops_per_token * b * l / t / 1e9:.1f} GFLOP/s, MFU {base_mfu:.1%}",
+        flush=True)
+  if args.skip_scone:
+    return 0
+
+  k = args.max_n
+  scfg = dataclasses.replace(cfg, embedding="scone")
+  fcfg = FgramConfig(num_layers=args.fgram_layers)
+  u = max(8, int(args.distinct_fraction * b * l)) // 8 * 8
+  unique_tokens = np.full((u, k), -1, np.int32)
+  lengths = rng.integers(2, k + 1, u).astype(np.int32)
+  for i, n in enumerate(lengths):
+    unique_tokens[i, :n] = rng.integers(4, cfg.vocab_size, n)
+  index = np.where(rng.random((b, l)) < 0.6, rng.integers(0, u, (b, l)), -1).astype(np.int32)
+  index.reshape(-1)[:u] = np.arange(u)   # every distinct f-gram is used
+  sbatch = {**batch, "fgram_index": index, "unique_tokens": unique_tokens, "unique_lengths": lengths}
+  scone_trainer = Trainer(scfg, tcfg, mesh, lambda: build_model(scfg, 0, fgram=fcfg, max_n=k))
+  fmodel = fcfg.model_config(scfg)
+  per_fgram = k * accounting.decoder_forward_flops(fmodel, k)
+  scone_flops = base_acct.train_flops_per_token * b * l + 3 * per_fgram * u
+  t = _time_steps(scone_trainer, sbatch, args.steps)
+  scone_mfu = scone_flops / t / peak
+  print(f"bench train: scone (A_f {args.fgram_layers} layer(s), K={k}, {u} distinct f-grams/batch) step "
+        f"{t * 1e3:.1f} ms, {b * l / t:,.0f} tok/s, {scone_flops / t / 1e9:.1f} GFLOP/s, MFU {scone_mfu:.1%}", flush=True)
+  print(f"bench train: MFU baseline {base_mfu:.1%} (target >= 35%), scone {scone_mfu:.1%}, "
+        f"ratio scone/baseline {scone_mfu / base_mfu:.2f} (target >= 0.85)", flush=True)
+  return 0

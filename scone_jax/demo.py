@@ -1,0 +1,76 @@
+"""`scone-jax demo` (what `make demo` runs): the whole data walk on the embedded corpus.
+
+prepare builtin:python-stdlib -> fgrams build -> train the baseline and the same main model with
+SCONE on a 4-device CPU mesh -> print both validation perplexities. Every stage is skipped when
+its output already exists, so a second `make demo` resumes where the first stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+DEVICES = 4
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--out", default="demo_out", help="directory for data, f-grams and runs")
+  p.add_argument("--steps", type=int, default=300, help="train steps per model")
+  p.add_argument("--fgrams", type=int, default=16384, help="|V_f|")
+  p.add_argument("--max_n", type=int, default=4, help="K")
+
+
+def _stage(name: str) -> None:
+  print(f"\n=== {name} ===", flush=True)
+
+
+def run(args) -> int:
+  # A sharded mesh on a CPU host: split it into fake devices before JAX starts.
+  if "jax" not in __import__("sys").modules:
+    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={DEVICES}")
+  from scone_jax.cli import main
+  from scone_jax.errors import UserError
+  out = os.path.abspath(args.out)
+  data, fg = os.path.join(out, "data"), os.path.join(out, "fgrams")
+  t0 = time.time()
+  _stage("prepare: tokenize the embedded corpus (the Python standard library)")
+  if not os.path.isfile(os.path.join(data, "meta.json")):
+    rc = main(["prepare", "--input", "builtin:python-stdlib", "--out", data, "--vocab_size", "4096"])
+    if rc:
+      return rc
+  else:
+    print(f"{data} exists")
+  _stage(f"fgrams build: the {args.fgrams:,} most frequent n-grams, n = 2..{args.max_n}")
+  if not os.path.isfile(os.path.join(fg, "meta.json")):
+    rc = main(["fgrams", "build", "--data", data, "--max_n", str(args.max_n), "--size", str(args.fgrams), "--out", fg])
+    if rc:
+      return rc
+  else:
+    print(f"{fg} exists")
+  results = {}
+  for name, extra in (("baseline", []), ("scone", ["--gin_file", "models/tiny_scone.gin", f"--gin.FGRAM_DIR='{fg}'"])):
+    _stage(f"train {name} ({args.steps} steps, sharded over {DEVICES} CPU devices)")
+    workdir = os.path.join(out, f"run_{name}")
+    rc = main(["train", "--gin_file", "runs/demo_cpu.gin", *extra, f"--gin.DATA_DIR='{data}'",
+               f"--gin.TRAIN_STEPS={args.steps}", "--workdir", workdir])
+    if rc:
+      return rc
+    results[name] = _final_eval(workdir)
+  _stage("result (validation split of the embedded corpus)")
+  for name, r in results.items():
+    print(f"{name:>9}: validation loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}")
+  print(f"demo finished in {time.time() - t0:.0f} s; runs in {out}")
+  if not results:
+    raise UserError("no run finished")
+  return 0
+
+
+def _final_eval(workdir: str) -> dict:
+  last = None
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      if r["split"] == "validation":
+        last = r
+  return last
