@@ -101,6 +101,22 @@ def test_restore_onto_other_meshes(data_dir, tmp_path):
       np.testing.assert_array_equal(np.asarray(x), y, err_msg=str(path))
 
 
+def test_eval_command_matches_the_final_in_loop_eval(data_dir, tmp_path, capsys):
+  import json
+  from scone_jax.cli import main
+  exp = experiment.load([MESH8], tiny_bindings(data_dir, 2))
+  loop.train(exp, str(tmp_path / "run"), quiet=True)
+  final = read_metrics(str(tmp_path / "run"), "validation")[2]
+  capsys.readouterr()
+  assert main(["eval", "--workdir", str(tmp_path / "run"), "--max_batches", "2", "--format", "json"]) == 0
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert set(out) == {"loss", "perplexity", "tokens"}
+  np.testing.assert_allclose(out["loss"], final["loss"], rtol=1e-6)
+  np.testing.assert_allclose(out["perplexity"], np.exp(out["loss"]), rtol=1e-9)
+  assert out["tokens"] == int(final["tokens"]) > 0
+  assert main(["eval", "--workdir", str(tmp_path / "nothing")]) == 2
+
+
 def test_bad_mesh_is_a_clear_error(data_dir, tmp_path):
   from scone_jax.cli import main
   rc = main(["train", "--gin_file", MESH8, f"--gin.DATA_DIR='{data_dir}'", "--gin.MeshConfig.data=3",
