@@ -161,6 +161,9 @@ def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = No
     writer.write(step, "validation", ev)
     last.update(step=step, eval_loss=ev["loss"], eval_perplexity=ev["perplexity"])
     last["accounting"] = acct.as_dict()
+    last["train_tokens_per_s"] = _mean_train_throughput(workdir)
+    if jax.process_index() == 0 and step >= cfg.steps:
+      _write_json(os.path.join(workdir, "summary.json"), last)
     return last
   finally:
     ckpt.close()
@@ -168,6 +171,29 @@ def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = No
     close = getattr(data_iter, "close", None)
     if close:
       close()
+
+
+def _mean_train_throughput(workdir: str) -> float:
+  """Mean tokens/s over the logged steps of the run, leaving out each invocation's first (compile)."""
+  import json
+  values, prev_step = [], None
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      if r["split"] != "train":
+        continue
+      if prev_step is not None and r["step"] > prev_step and "tokens_per_s" in r:
+        values.append(r["tokens_per_s"])
+      prev_step = r["step"]
+  return sum(values) / len(values) if values else 0.0
+
+
+def _write_json(path: str, obj) -> None:
+  import json
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
 
 
 def _lr(cfg, step: int) -> float:
