@@ -45,15 +45,20 @@ def measure_matmul_peak(n: int = 1024, repeats: int = 5, dtype=jnp.float32) -> f
   return 2.0 * n ** 3 * k * len(devices) / best
 
 
+_MEASURED: dict = {}
+
+
 def peak_flops(measure_if_unknown: bool = True, n: int = 512) -> tuple[float, str]:
-  """(peak FLOP/s of this process's devices, where the number came from)."""
+  """(peak FLOP/s of this process's devices, where the number came from); measured once per process."""
   kind = jax.local_devices()[0].device_kind
   for name, peak in KNOWN_PEAKS.items():
     if kind.startswith(name):
       return peak * jax.local_device_count(), f"table ({kind})"
   if not measure_if_unknown:
     return float("nan"), "unknown"
-  return measure_matmul_peak(n), f"measured float32 matmul on {jax.local_device_count()} {kind} device(s)"
+  if n not in _MEASURED:
+    _MEASURED[n] = measure_matmul_peak(n)
+  return _MEASURED[n], f"measured float32 matmul on {jax.local_device_count()} {kind} device(s)"
 
 
 class MetricsWriter:
