@@ -33,7 +33,7 @@ class ModelConfig:
   scan_layers: bool = True
   remat_policy: str = "nothing_saveable"  # none | nothing_saveable | dots | dots_with_no_batch_dims
   init_std: float = 0.02
-  embedding: str = "token"       # token (baseline) | scone
+  embedding: str = "token"       # token (baseline) | scone | ngram_hash | stem
 
   @property
   def resolved_head_dim(self) -> int:
@@ -56,7 +56,7 @@ class ModelConfig:
       raise UserError(f"ModelConfig.dtype={self.dtype!r} is not float32, bfloat16 or float16")
 
 
-EMBEDDINGS = ("token", "scone")
+EMBEDDINGS = ("token", "scone", "ngram_hash", "stem")
 REMAT_POLICIES = ("none", "nothing_saveable", "dots", "dots_with_no_batch_dims")
 
 
@@ -85,6 +85,33 @@ class FgramConfig:
         num_kv_heads=self.num_kv_heads or min(main.num_kv_heads, heads),
         head_dim=0 if self.d_model or self.num_heads else main.head_dim,
         d_ff=self.d_ff or (main.d_ff * d) // main.d_model)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class NgramHashConfig:
+  """LongCat hashed n-gram embedding (METHODS.md 2): orders 2..max_n, `tables_per_order` (K)
+  tables each. Table sizes: `sizes` (n-major: (n=2,k=1), (n=2,k=2), ...) or, when empty, the
+  released rule m + 2t + 1 for table t with m = round(ratio * |V|). Sizes are checked by
+  scone_jax.data.ngram_ids.table_layout (distinct; not within `near_multiple_tolerance` * |V| rows
+  of a multiple of |V|; see there why)."""
+  max_n: int = 3                  # N
+  tables_per_order: int = 2       # K
+  ratio: float = 4.5              # m = round(ratio * |V|); a half-integer keeps m + 2t + 1 far from multiples
+  sizes: tuple = ()               # explicit M_{n,k}; overrides ratio
+  sub_dim: int = 0                # width of every E_{n,k}; 0 = d / ((N-1)K) as METHODS.md (our extension)
+  amplification: str = "none"     # none | sqrt_d | layernorm
+  near_multiple_tolerance: float = 0.01   # fraction of |V|; 0 refuses exact multiples only
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class StemConfig:
+  """STEM (METHODS.md 3): the FFN up-projection of chosen layers becomes a token-indexed table.
+  `layers` (0-based) wins over `fraction`; a fraction picks round(fraction * L) evenly spaced
+  layers (scone_jax.models.stem.stem_layers)."""
+  fraction: float = 1 / 3
+  layers: tuple = ()
 
 
 @gin.configurable
@@ -127,6 +154,8 @@ class TrainConfig:
   keep_checkpoints: int = 3
   async_checkpoint: bool = True
   stop_on_nonfinite: bool = True
+  skip_nonfinite_updates: bool = False  # skip steps whose gradients are not finite (optax.apply_if_finite)
+  max_nonfinite_skips: int = 10         # ... but no more than this many in a row
 
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")

@@ -127,13 +127,14 @@ def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = No
           step_fn = trainer.jit_train_step(local)
         state, m = step_fn(state, batch)
         step += 1
-        if step % cfg.log_every == 0 or step == cfg.steps or step == start + 1:
+        stopping = preempt.requested or (stop_after is not None and step - start >= stop_after)
+        saving = step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping
+        logging_now = step % cfg.log_every == 0 or step == cfg.steps or step == start + 1
+        if logging_now or saving:
           m = jax.device_get(m)
+          _check_finite(cfg, m, step, ckpt)
+        if logging_now:
           loss = float(m["loss"])
-          if not math.isfinite(loss) and cfg.stop_on_nonfinite:
-            raise UserError(f"non-finite loss {loss} at step {step}; the last good checkpoint "
-                            f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}; lower the "
-                            "learning rate or resume from it")
           now = time.perf_counter()
           tokens_since += dcfg.batch_size * dcfg.seq_len * (step - last.get("step", start))
           dt = now - t_last
@@ -150,8 +151,7 @@ def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = No
           ev = evaluate.evaluate(exp, trainer, state.params, max_batches=cfg.eval_batches)
           writer.write(step, "validation", ev)
           _log(f"step {step:>6}  validation loss {ev['loss']:.4f}  ppl {ev['perplexity']:.2f}", quiet)
-        stopping = preempt.requested or (stop_after is not None and step - start >= stop_after)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
+        if saving:
           ckpt.save(step, state, data_iter, force=True)
         if stopping:
           ckpt.wait()
@@ -171,6 +171,20 @@ def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = No
     close = getattr(data_iter, "close", None)
     if close:
       close()
+
+
+def _check_finite(cfg, m: dict, step: int, ckpt) -> None:
+  """Stops before a non-finite state can be logged as progress or checkpointed. With
+  TrainConfig.skip_nonfinite_updates the optimizer already skipped such updates."""
+  from scone_jax.errors import UserError
+  if cfg.skip_nonfinite_updates or not cfg.stop_on_nonfinite:
+    return
+  loss, gnorm = float(m["loss"]), float(m["grad_norm"])
+  if not (math.isfinite(loss) and math.isfinite(gnorm)):
+    ckpt.wait()
+    raise UserError(f"non-finite loss {loss} (grad norm {gnorm}) at step {step}; the last good checkpoint "
+                    f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}; lower the learning rate, or "
+                    "set TrainConfig.skip_nonfinite_updates=True, and resume")
 
 
 def _mean_train_throughput(workdir: str) -> float:

@@ -27,8 +27,11 @@ def decay_mask(abstract_params: nnx.State) -> dict:
 
 
 def make_optimizer(cfg: TrainConfig, abstract_params: nnx.State) -> optax.GradientTransformation:
-  return optax.chain(
+  opt = optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
       optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                   mask=decay_mask(abstract_params)),
   )
+  if cfg.skip_nonfinite_updates:
+    opt = optax.apply_if_finite(opt, max_consecutive_errors=cfg.max_nonfinite_skips)
+  return opt

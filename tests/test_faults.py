@@ -1,0 +1,169 @@
+"""Fault injection with real processes and real signals: SIGKILL mid-step and mid-checkpoint,
+SIGTERM preemption, non-finite loss, SIGKILL during `fgrams build`."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from scone_jax import experiment, parallel
+from scone_jax.cli import main
+from scone_jax.config import MeshConfig
+from scone_jax.fgram import vocab as fgram_vocab
+from scone_jax.fgram.build import build
+from scone_jax.train.checkpoint import Checkpoints
+from scone_jax.train.state import Trainer
+from tests.helpers import make_data, tiny_bindings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train_cmd(data, workdir, steps, **extra):
+  flags = [f"--gin.{b.replace(' = ', '=')}" for b in tiny_bindings(data, steps, **extra)]
+  return [sys.executable, "-m", "scone_jax.cli", "train", "--gin_file", "runs/tiny_mesh8.gin", *flags,
+          "--workdir", workdir]
+
+
+def _env():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  env["PYTHONPATH"] = ROOT
+  return env
+
+
+def _losses(workdir) -> list[tuple[int, float]]:
+  out = []
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    for line in open(path):
+      if line.endswith("\n"):
+        r = json.loads(line)
+        if r["split"] == "train":
+          out.append((r["step"], r["loss"]))
+  return out
+
+
+def _wait_for_step(proc, workdir, step, timeout=240):
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if any(s >= step for s, _ in _losses(workdir)):
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f"training exited early with {proc.returncode}")
+    time.sleep(0.02)
+  proc.kill()
+  raise AssertionError("timed out waiting for training")
+
+
+def _params(workdir):
+  exp = experiment.load([f"{workdir}/config.gin"], [])
+  trainer = Trainer(exp.model, exp.train, parallel.make_mesh(MeshConfig(2, 2, 2)), exp.build_model)
+  ckpt = Checkpoints(workdir, exp.train, read_only=True)
+  state = ckpt.restore(ckpt.latest_step(), trainer.abstract_state())
+  ckpt.close()
+  return [np.asarray(x) for x in jax.tree.leaves(state.params)]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return make_data(str(tmp_path_factory.mktemp("data")))[0]
+
+
+def test_sigkill_anywhere_then_resume_is_bit_identical(data_dir, tmp_path):
+  steps, extra = 12, {"TrainConfig.checkpoint_every": 3}
+  ref = str(tmp_path / "ref")
+  subprocess.run(_train_cmd(data_dir, ref, steps, **extra), env=_env(), check=True, cwd=ROOT,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+  reference = dict(_losses(ref))
+  assert sorted(reference) == list(range(1, steps + 1))
+  run = str(tmp_path / "killed")
+  rng = np.random.default_rng(int(time.time()))
+  kills = sorted(rng.choice([3, 4, 6, 7, 9], size=2, replace=False))   # on and between checkpoint steps
+  for k in kills:
+    proc = subprocess.Popen(_train_cmd(data_dir, run, steps, **extra), env=_env(), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_step(proc, run, k)
+    proc.send_signal(signal.SIGKILL)   # while the next step runs / the async checkpoint writes
+    proc.wait(timeout=30)
+  subprocess.run(_train_cmd(data_dir, run, steps, **extra), env=_env(), check=True, cwd=ROOT,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+  seen = _losses(run)
+  assert {s for s, _ in seen} == set(reference), kills
+  for s, loss in seen:        # every step, first try or recomputed after a kill, is identical
+    assert loss == reference[s], (s, kills)
+  for a, b in zip(_params(ref), _params(run)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dir, tmp_path):
+  run = str(tmp_path / "run")
+  proc = subprocess.Popen(_train_cmd(data_dir, run, 100000, **{"TrainConfig.checkpoint_every": 100000}),
+                          env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  _wait_for_step(proc, run, 3)
+  proc.send_signal(signal.SIGTERM)
+  t0 = time.time()
+  out, _ = proc.communicate(timeout=60)
+  assert proc.returncode == 0, out[-2000:]
+  assert time.time() - t0 < 60
+  assert "SIGTERM: saved step" in out
+  ckpt_steps = sorted(int(d) for d in os.listdir(os.path.join(run, "checkpoints")) if d.isdigit())
+  assert ckpt_steps and ckpt_steps[-1] >= 3
+
+
+def test_unfinished_checkpoint_is_never_restored(data_dir, tmp_path):
+  run = str(tmp_path / "run")
+  exp = experiment.load(["runs/tiny_mesh8.gin"], tiny_bindings(data_dir, 6, **{"TrainConfig.checkpoint_every": 3}))
+  from scone_jax.train import loop
+  loop.train(exp, run, quiet=True)
+  # A write cut off at step 9: orbax's temporary directory, with a truncated copy of step 6.
+  import shutil
+  tmp = os.path.join(run, "checkpoints", "9.orbax-checkpoint-tmp-1234567")
+  shutil.copytree(os.path.join(run, "checkpoints", "6"), tmp)
+  for root, _, files in os.walk(tmp):
+    for f in files:
+      open(os.path.join(root, f), "wb").close()
+  ckpt = Checkpoints(run, exp.train, read_only=True)
+  assert ckpt.latest_step() == 6
+  ckpt.close()
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, capsys):
+  run = str(tmp_path / "run")
+  argv = ["train", "--gin_file", "runs/tiny_mesh8.gin", *[f"--gin.{b.replace(' = ', '=')}" for b in tiny_bindings(
+      data_dir, 20, **{"TrainConfig.checkpoint_every": 1, "TrainConfig.warmup_steps": 1,
+                       "TrainConfig.learning_rate": 1e30, "TrainConfig.grad_clip": 0.0})], "--workdir", run]
+  assert main(argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "non-finite loss" in err[0] and "at step" in err[0], err
+  good = Checkpoints(run, experiment.load([f"{run}/config.gin"], []).train, read_only=True)
+  last = good.latest_step()
+  good.close()
+  assert f"(step {last})" in err[0]
+  for x in _params(run):
+    assert np.isfinite(x).all()
+
+
+def test_sigkill_during_fgrams_build_leaves_nothing_that_looks_complete(tmp_path):
+  data, _ = make_data(str(tmp_path / "d"), vocab=500, docs=4000, max_len=200)
+  ref = build(data, str(tmp_path / "ref"), max_n=4, size=5000, min_count=2)
+  out = str(tmp_path / "fg")
+  for delay in (1.5, 3.0, 4.5):
+    proc = subprocess.Popen([sys.executable, "-m", "scone_jax.cli", "fgrams", "build", "--data", data, "--max_n", "4",
+                             "--size", "5000", "--min_count", "2", "--chunk_tokens", "20000", "--out", out],
+                            env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    if os.path.exists(out):   # finished before the kill: then it must be complete and correct
+      got = fgram_vocab.load(out)
+      assert got.as_tuples() == ref.as_tuples()
+  assert main(["fgrams", "build", "--data", data, "--max_n", "4", "--size", "5000", "--min_count", "2", "--out", out]) == 0
+  got = fgram_vocab.load(out)
+  assert got.as_tuples() == ref.as_tuples() and list(got.counts) == list(ref.counts)

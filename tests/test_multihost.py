@@ -1,0 +1,113 @@
+"""Multi-host training on one machine: `scone-jax train` as 2 processes x 4 CPU devices (jax.distributed
+on loopback, gloo collectives) reproduces 1 process x 8 devices on the same (data 2, fsdp 2,
+tensor 2) mesh: the same losses step by step and the same final parameters, and the checkpoint
+the 2 processes wrote together restores in a single process."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from scone_jax import experiment, parallel
+from scone_jax.config import MeshConfig
+from scone_jax.train.checkpoint import Checkpoints
+from scone_jax.train.state import Trainer
+from tests.helpers import make_data, read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 4
+TIMEOUT_S = 150
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _train_cmd(data_dir: str, workdir: str, *multihost: str) -> list[str]:
+  return [sys.executable, "-m", "scone_jax.cli", "train", "--gin_file", "runs/tiny_mesh8.gin",
+          "--workdir", workdir, f"--gin.DATA_DIR='{data_dir}'", f"--gin.TRAIN_STEPS={STEPS}",
+          "--gin.TrainConfig.log_every=1", "--gin.TrainConfig.eval_batches=1",
+          "--gin.TrainConfig.checkpoint_every=2", "--gin.DataConfig.seq_len=32",
+          "--gin.DataConfig.batch_size=8", "--gin.ModelConfig.d_model=32", "--gin.ModelConfig.d_ff=64",
+          *multihost]
+
+
+def _run_all(jobs: list[tuple[list[str], int, str]]) -> None:
+  """Runs (command, local CPU devices, log file) jobs side by side; all must exit 0 in time.
+  On a failure or the timeout every job still running is killed."""
+  procs = []
+  try:
+    for cmd, devices, log in jobs:
+      env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+             "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+      out = open(log, "w")
+      procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT), out, log))
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+      for proc, _, log in procs:
+        if proc.poll():   # a failed process leaves its peers waiting in a collective: stop now
+          with open(log) as f:
+            pytest.fail(f"{log}: exited {proc.returncode}:\n{f.read()[-3000:]}")
+      if all(proc.poll() == 0 for proc, _, _ in procs):
+        return
+      if time.monotonic() > deadline:
+        pytest.fail(f"training did not finish in {TIMEOUT_S} s; logs in {os.path.dirname(jobs[0][2])}")
+      time.sleep(0.5)
+  finally:
+    for proc, out, _ in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+      out.close()
+
+
+def _restore(workdir: str) -> tuple[Trainer, dict]:
+  """The run's trainer and the parameters of its newest checkpoint, restored in this (single,
+  8-device) process."""
+  exp = experiment.load([os.path.join(workdir, "config.gin")], [])
+  trainer = Trainer(exp.model, exp.train, parallel.make_mesh(MeshConfig(2, 2, 2)), exp.build_model)
+  ckpt = Checkpoints(workdir, exp.train, read_only=True)
+  assert ckpt.latest_step() == STEPS
+  state = ckpt.restore(STEPS, trainer.abstract_state())
+  ckpt.close()
+  return trainer, jax.device_get(state.params)
+
+
+@pytest.mark.slow
+def test_two_processes_reproduce_one(tmp_path):
+  assert jax.device_count() == 8
+  data_dir = make_data(str(tmp_path / "data"))[0]
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  coordinator = f"127.0.0.1:{_free_port()}"
+  _run_all([(_train_cmd(data_dir, one), 8, str(tmp_path / "one.log"))] + [
+      (_train_cmd(data_dir, two, "--coordinator_address", coordinator, "--num_processes", "2",
+                  "--process_id", str(p)), 4, str(tmp_path / f"two_{p}.log")) for p in range(2)])
+
+  with open(tmp_path / "two_0.log") as f:
+    assert "over 8 devices, 2 process(es)" in f.read()
+  a, b = read_metrics(one), read_metrics(two)
+  assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
+  losses_a = np.array([a[s]["loss"] for s in sorted(a)])
+  losses_b = np.array([b[s]["loss"] for s in sorted(b)])
+  np.testing.assert_allclose(losses_b, losses_a, rtol=1e-5)
+  print(f"max loss difference, 2 processes vs 1: {np.max(np.abs(losses_a - losses_b)):.3g}")
+
+  # Written by two processes (each its own shards), restored by one: the same parameters.
+  trainer, params_a = _restore(one)
+  _, params_b = _restore(two)
+  leaves_a, leaves_b = jax.tree.leaves(params_a), jax.tree.leaves(params_b)
+  assert len(leaves_a) == len(leaves_b) > 0
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5)
+  print(f"max parameter difference: {max(float(np.max(np.abs(x - y))) for x, y in zip(leaves_a, leaves_b)):.3g}")
+  # Training moved the parameters away from their initial values, so the comparison means something.
+  initial = jax.tree.leaves(jax.device_get(trainer.init().params))
+  assert max(float(np.max(np.abs(x - y))) for x, y in zip(leaves_a, initial)) > 1e-3
