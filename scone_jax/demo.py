@@ -28,7 +28,8 @@ def _stage(name: str) -> None:
 def run(args) -> int:
   # A sharded mesh on a CPU host: split it into fake devices before JAX starts.
   if "jax" not in __import__("sys").modules:
-    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={DEVICES}")
+    from scone_jax.parallel import fake_cpu_devices_flags
+    os.environ.setdefault("XLA_FLAGS", fake_cpu_devices_flags(DEVICES))
   from scone_jax.cli import main
   from scone_jax.errors import UserError
   out = os.path.abspath(args.out)

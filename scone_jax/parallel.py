@@ -58,6 +58,13 @@ RULES: tuple[tuple[str, object], ...] = (
 _RULES = dict(RULES)
 
 
+def fake_cpu_devices_flags(n: int) -> str:
+  """XLA_FLAGS for a CPU host split into n devices. Collectives between fake devices rendezvous
+  across threads; on a busy 2-core machine the default 40 s limit can abort a healthy run."""
+  return (f"--xla_force_host_platform_device_count={n} --xla_cpu_collective_call_terminate_timeout_seconds=1200 "
+          "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300 --xla_cpu_collective_timeout_seconds=1200")
+
+
 def logical_to_spec(names: Sequence[str | None]) -> P:
   """PartitionSpec of a tensor whose dimensions carry these logical names."""
   used: set[str] = set()

@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 
 from scone_jax.errors import UserError
@@ -106,8 +107,10 @@ def run(args) -> int:
       print(shlex.join(["scone-jax", *train_argv(args, p)]))
     return 0
   if not args.collect_only:
-    if "jax" not in sys.modules:   # the same 4-device CPU mesh as the demo
-      os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    env = dict(os.environ)
+    if "XLA_FLAGS" not in env:   # the same 4-device CPU mesh as the demo
+      from scone_jax.parallel import fake_cpu_devices_flags
+      env["XLA_FLAGS"] = fake_cpu_devices_flags(4)
     for k in args.max_n:
       if not os.path.isfile(os.path.join(_fg_dir(args, k), "meta.json")):
         if main(build_argv(args, k)):
@@ -118,8 +121,10 @@ def run(args) -> int:
         print(f"[{i + 1}/{len(points)}] {p.name}: done before", flush=True)
         continue
       print(f"[{i + 1}/{len(points)}] {p.name}: training", flush=True)
-      if main(train_argv(args, p)):
-        raise UserError(f"run {p.name} failed (see above); rerun the sweep to resume")
+      # One process per run: no state (compiled programs, threads, gin) carries from run to run.
+      rc = subprocess.run([sys.executable, "-m", "scone_jax.cli", *train_argv(args, p)], env=env).returncode
+      if rc:
+        raise UserError(f"run {p.name} failed with exit code {rc} (see above); rerun the sweep to resume")
   rows = collect(args, points)
   write_table(args.out, rows)
   plot(args.out, rows)

@@ -33,7 +33,7 @@ def _train_cmd(data, workdir, steps, **extra):
 
 def _env():
   env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  env["XLA_FLAGS"] = os.environ["XLA_FLAGS"]   # 8 fake devices (conftest)
   env["PYTHONPATH"] = ROOT
   return env
 

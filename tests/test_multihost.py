@@ -46,7 +46,7 @@ def _run_all(jobs: list[tuple[list[str], int, str]]) -> None:
   procs = []
   try:
     for cmd, devices, log in jobs:
-      env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+      env = {**os.environ, "XLA_FLAGS": parallel.fake_cpu_devices_flags(devices),
              "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
       out = open(log, "w")
       procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT), out, log))
