@@ -46,8 +46,15 @@ def _add(sub, name: str, spec) -> None:
   parser.set_defaults(_module=module_name, _parser=parser)
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse, but a usage error is one line (the usage is one `--help` away)."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="scone-jax", description=__doc__.splitlines()[0])
+  parser = _Parser(prog="scone-jax", description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
   for name, spec in COMMANDS.items():
     _add(sub, name, spec)
@@ -90,13 +97,20 @@ def main(argv: list[str] | None = None) -> int:
   if extra and not getattr(module, "ACCEPTS_EXTRA", False):
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
   args.extra = extra
+  name = " ".join(w for w in (args.command, getattr(args, f"{args.command}_command", None)) if w)
   try:
     return int(module.run(args) or 0)
   except UserError as e:
-    print(f"scone-jax {args.command}: error: {e}", file=sys.stderr)
+    print(f"scone-jax {name}: error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:   # disk full, read-only or unwritable output, vanished files
+    where = f" ({e.filename})" if e.filename else ""
+    hint = {28: "free space or choose another output", 30: "choose a writable output",
+            13: "choose a writable output"}.get(e.errno, "check the path")
+    print(f"scone-jax {name}: error: {e.strerror or e}{where}: {hint}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
-    print(f"scone-jax {args.command}: interrupted", file=sys.stderr)
+    print(f"scone-jax {name}: interrupted", file=sys.stderr)
     return 130
 
 

@@ -132,6 +132,7 @@ class DataConfig:
   shuffle_seed: int = 0
   prefetch: int = 2              # batches prepared ahead in a background thread
   eval_batch_size: int = 0       # 0 = batch_size
+  verify_shards: bool = True     # check shard sha256s against meta.json before training/eval
 
 
 @gin.configurable

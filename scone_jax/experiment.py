@@ -1,7 +1,8 @@
 """An experiment: the configs gin describes, resolved against the data, and what they build.
 
 Embedding methods hook in here: a method adds modules to the model and per-row / per-batch
-features to the input pipeline (SCONE: f-gram matches and the batch's distinct f-grams).
+features to the input pipeline (SCONE: f-gram matches and the batch's distinct f-grams; LongCat
+n-gram hashing: the hashed table rows of every position; STEM needs only the token ids).
 """
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ class Experiment:
   data_meta: shards.DataMeta
   fgram: C.FgramConfig | None = None
   fgram_vocab: object = None        # scone_jax.fgram.vocab.FgramVocab, truncated to FgramConfig.size
+  ngram: C.NgramHashConfig | None = None
+  ngram_layout: object = None       # scone_jax.data.ngram_ids.NgramTableLayout (resolved sizes)
+  stem: C.StemConfig | None = None
+  stem_layers: tuple = ()           # the STEM layers, 0-based
 
   @property
   def max_n(self) -> int:
@@ -31,7 +36,8 @@ class Experiment:
 
   def build_model(self):
     from scone_jax.models import build_model
-    return build_model(self.model, self.train.seed, fgram=self.fgram, max_n=self.max_n)
+    return build_model(self.model, self.train.seed, fgram=self.fgram, max_n=self.max_n,
+                       ngram=self.ngram, ngram_layout=self.ngram_layout, stem_layers=self.stem_layers)
 
   def max_unique(self, process_rows: int, batch_devices: int) -> int:
     """Static number of distinct f-grams per process batch, a multiple of the batch devices."""
@@ -39,6 +45,9 @@ class Experiment:
     return -(-bound // batch_devices) * batch_devices
 
   def row_features(self) -> tuple:
+    if self.ngram_layout is not None:
+      from scone_jax.data.ngram_ids import NgramRows
+      return (NgramRows(self.ngram_layout),)
     if self.fgram_vocab is None:
       return ()
     from scone_jax.fgram.matcher import ExactMatcher
@@ -100,6 +109,8 @@ def load(gin_files: list[str], bindings: list[str], *, data_dir: str | None = No
   if not data.data_dir:
     raise UserError("no data directory: set DATA_DIR (e.g. --gin.DATA_DIR=\"'/path/to/data'\")")
   meta = shards.load_meta(data.data_dir)
+  if data.verify_shards:
+    shards.verify_shards(data.data_dir)
   model = C.build(C.ModelConfig)
   if model.vocab_size == 0:
     model = dataclasses.replace(model, vocab_size=meta.vocab_size)
@@ -119,6 +130,17 @@ def load(gin_files: list[str], bindings: list[str], *, data_dir: str | None = No
   exp = Experiment(model, data, train, mesh, meta)
   if model.embedding == "scone":
     _attach_fgrams(exp)
+  elif model.embedding == "ngram_hash":
+    from scone_jax.data.ngram_ids import table_layout
+    from scone_jax.models.ngram_hash import sub_table_width
+    exp.ngram = C.build(C.NgramHashConfig)
+    sub_table_width(model, exp.ngram)   # refuses a width that does not divide before anything is built
+    # The polynomial's base is the model's vocabulary; pad, eos and bos never enter an n-gram.
+    exp.ngram_layout = table_layout(exp.ngram, model.vocab_size, (meta.pad_id, meta.eos_id, meta.bos_id))
+  elif model.embedding == "stem":
+    from scone_jax.models.stem import stem_layers
+    exp.stem = C.build(C.StemConfig)
+    exp.stem_layers = stem_layers(exp.stem, model.num_layers)
   return exp
 
 

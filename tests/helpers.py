@@ -25,10 +25,14 @@ def make_data(path: str, *, vocab: int = 64, docs: int = 120, val_docs: int = 12
       written[split].append(doc)
     w.close()
     counts[split] = (w.num_documents, w.num_tokens)
+  import glob
+  import hashlib
+  sha = {os.path.basename(p): hashlib.sha256(open(p, "rb").read()).hexdigest()
+         for p in glob.glob(os.path.join(path, "*.array_record"))}
   shards.write_meta(path, shards.DataMeta(
       vocab_size=vocab, pad_id=0, eos_id=1, bos_id=2, unk_id=3, tokenizer_sha256="synthetic",
       num_documents={k: v[0] for k, v in counts.items()}, num_tokens={k: v[1] for k, v in counts.items()},
-      num_shards={"train": 2, "validation": 2}, source="synthetic"))
+      num_shards={"train": 2, "validation": 2}, source="synthetic", extra={"shard_sha256": sha}))
   return path, written
 
 

@@ -133,3 +133,29 @@ def data_fingerprint(data_dir: str) -> str:
   meta = load_meta(data_dir)
   blob = json.dumps(meta.to_json(), sort_keys=True).encode()
   return hashlib.sha256(blob).hexdigest()
+
+
+def verify_shards(data_dir: str, splits: tuple[str, ...] = SPLITS) -> None:
+  """Checks every shard of `splits` against the sha256 recorded in meta.json; corrupted or
+  swapped shards are refused before anything is decoded. Directories written before hashes were
+  recorded (no `shard_sha256`) are accepted as they are."""
+  import hashlib
+  meta = load_meta(data_dir)
+  recorded = meta.extra.get("shard_sha256")
+  if not recorded:
+    return
+  for split in splits:
+    for path in shard_paths(data_dir, split) if meta.num_documents.get(split) else []:
+      name = os.path.basename(path)
+      if name not in recorded:
+        raise UserError(f"{path!r} is not listed in {data_dir}/meta.json: re-run `scone-jax prepare`")
+      h = hashlib.sha256()
+      with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          h.update(block)
+      if h.hexdigest() != recorded[name]:
+        raise UserError(f"{path!r} does not match the sha256 in meta.json (corrupted or replaced); "
+                        "re-run `scone-jax prepare`")
+  for name in recorded:
+    if os.path.basename(name) != name:   # names in meta.json never point outside DATA
+      raise UserError(f"{data_dir}/meta.json names a shard outside its directory: {name!r}")

@@ -1,0 +1,153 @@
+"""The bad-input catalogue (WORKSPACE.md): every row gives exit code 2, a one-line error that names
+the input, and leaves nothing half-written."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from scone_jax.cli import main
+from scone_jax.fgram.build import build
+from tests.helpers import make_data, tiny_bindings
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  root = tmp_path_factory.mktemp("bad")
+  data, _ = make_data(str(root / "data"), docs=80)
+  other, _ = make_data(str(root / "other"), docs=80, seed=5)
+  build(data, str(root / "fg"), max_n=3, size=40, min_count=2)
+  build(other, str(root / "fg_other"), max_n=3, size=40, min_count=2)
+  text = root / "text"
+  text.mkdir()
+  (text / "a.txt").write_text("def f(x):\n\treturn x + 1\n" * 40)
+  (text / "b.txt").write_text("print('hello world')\n" * 40)
+  (root / "empty").mkdir()
+  (root / "empty" / "e.txt").write_text("")
+  (root / "bin").mkdir()
+  (root / "bin" / "b.txt").write_bytes(b"abc\x00def")
+  (root / "latin").mkdir()
+  (root / "latin" / "l.txt").write_bytes("caf\xe9".encode("latin-1"))
+  (root / "j1.jsonl").write_text('{"text": "ok"}\nnot json\n')
+  (root / "j2.jsonl").write_text('{"body": "no text field"}\n')
+  (root / "notspm.model").write_bytes(b"this is not a sentencepiece model")
+  (root / "full").mkdir()
+  (root / "full" / "x").write_text("x")
+  # A run with a checkpoint, and a run directory without one.
+  run = str(root / "run")
+  assert main(["train", "--gin_file", "runs/tiny_cpu.gin", *[f"--gin.{b.replace(' = ', '=')}" for b in tiny_bindings(data, 1)],
+               "--workdir", run, "--quiet"]) == 0
+  os.makedirs(root / "run_no_ckpt")
+  with open(root / "run_no_ckpt" / "config.gin", "w") as f:
+    f.write(open(os.path.join(run, "config.gin")).read())
+  # A data dir with one corrupted shard byte; one with a broken meta.json.
+  import shutil
+  shutil.copytree(data, root / "corrupt")
+  shard = sorted(p for p in os.listdir(root / "corrupt") if p.startswith("train-"))[0]
+  raw = bytearray(open(root / "corrupt" / shard, "rb").read())
+  raw[len(raw) // 2] ^= 0xFF
+  open(root / "corrupt" / shard, "wb").write(bytes(raw))
+  shutil.copytree(data, root / "badmeta")
+  (root / "badmeta" / "meta.json").write_text("{ not json")
+  # f-grams whose parquet no longer matches its recorded hash.
+  shutil.copytree(root / "fg", root / "fg_corrupt")
+  with open(root / "fg_corrupt" / "fgrams.parquet", "ab") as f:
+    f.write(b"tampered")
+  return {"root": str(root), "data": data, "other": other, "run": run}
+
+
+def _train(e, *extra, data=None):
+  return ["train", "--gin_file", "runs/tiny_cpu.gin", f"--gin.DATA_DIR='{data or e['data']}'", *extra,
+          "--workdir", f"{e['root']}/out_train"]
+
+
+def _tiny_fs(path: str, *, read_only: bool = False) -> bool:
+  os.makedirs(path, exist_ok=True)
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", path], capture_output=True).returncode:
+    return False
+  if read_only:
+    subprocess.run(["mount", "-o", "remount,ro", path], check=True)
+  return True
+
+
+# (id, argv builder, text the one-line error must contain, path that must not exist afterwards)
+ROWS = [
+    ("prepare-glob-matches-nothing", lambda e: ["prepare", "--input", f"{e['root']}/nothing/*.txt", "--out", f"{e['root']}/o1"], "nothing", "o1"),
+    ("prepare-empty-corpus", lambda e: ["prepare", "--input", f"{e['root']}/empty/*.txt", "--out", f"{e['root']}/o2"], "empty", "o2"),
+    ("prepare-binary-file", lambda e: ["prepare", "--input", f"{e['root']}/bin/*.txt", "--out", f"{e['root']}/o3"], "b.txt", "o3"),
+    ("prepare-non-utf8-file", lambda e: ["prepare", "--input", f"{e['root']}/latin/*.txt", "--out", f"{e['root']}/o4"], "UTF-8", "o4"),
+    ("prepare-jsonl-not-json", lambda e: ["prepare", "--input", f"{e['root']}/j1.jsonl", "--out", f"{e['root']}/o5"], "j1.jsonl", "o5"),
+    ("prepare-jsonl-no-text-field", lambda e: ["prepare", "--input", f"{e['root']}/j2.jsonl", "--out", f"{e['root']}/o6"], "text", "o6"),
+    ("prepare-vocab-missing", lambda e: ["prepare", "--input", f"{e['root']}/text/*.txt", "--vocab", f"{e['root']}/nope.model", "--out", f"{e['root']}/o7"], "nope.model", "o7"),
+    ("prepare-vocab-not-spm", lambda e: ["prepare", "--input", f"{e['root']}/text/*.txt", "--vocab", f"{e['root']}/notspm.model", "--out", f"{e['root']}/o8"], "notspm.model", "o8"),
+    ("prepare-out-not-empty", lambda e: ["prepare", "--input", f"{e['root']}/text/*.txt", "--out", f"{e['root']}/full"], "--overwrite", None),
+    ("prepare-vocab-size-too-large", lambda e: ["prepare", "--input", f"{e['root']}/text/*.txt", "--vocab_size", "100000", "--out", f"{e['root']}/o9"], "vocab", "o9"),
+    ("prepare-unknown-seqio-task", lambda e: ["prepare", "--input", "seqio:no_such_task_xyz", "--out", f"{e['root']}/o10"], "no_such_task_xyz", "o10"),
+    ("fgrams-build-data-missing", lambda e: ["fgrams", "build", "--data", f"{e['root']}/nodata", "--max_n", "3", "--size", "10", "--out", f"{e['root']}/f1"], "nodata", "f1"),
+    ("fgrams-build-k-below-2", lambda e: ["fgrams", "build", "--data", e["data"], "--max_n", "1", "--size", "10", "--out", f"{e['root']}/f2"], "max_n", "f2"),
+    ("fgrams-build-size-0", lambda e: ["fgrams", "build", "--data", e["data"], "--max_n", "3", "--size", "0", "--out", f"{e['root']}/f3"], "size", "f3"),
+    ("fgrams-build-nothing-reaches-min-count", lambda e: ["fgrams", "build", "--data", e["data"], "--max_n", "3", "--size", "10", "--min_count", "1000000", "--out", f"{e['root']}/f4"], "min_count", "f4"),
+    ("fgrams-build-corrupt-meta-json", lambda e: ["fgrams", "build", "--data", f"{e['root']}/badmeta", "--max_n", "3", "--size", "10", "--out", f"{e['root']}/f5"], "meta.json", "f5"),
+    ("fgrams-match-fgrams-from-other-data", lambda e: ["fgrams", "match", f"{e['root']}/fg_other", "--data", e["data"], "--split", "validation", "--format", "jsonl"], "other", None),
+    ("fgrams-match-corrupt-parquet", lambda e: ["fgrams", "match", f"{e['root']}/fg_corrupt", "--data", e["data"], "--split", "validation"], "sha256", None),
+    ("train-malformed-gin-binding", lambda e: _train(e, "--gin.ModelConfig.d_model="), "d_model", "out_train"),
+    ("train-unknown-configurable", lambda e: _train(e, "--gin.NoSuchThing.x=1"), "NoSuchThing", "out_train"),
+    ("train-unknown-field", lambda e: _train(e, "--gin.ModelConfig.no_such_field=3"), "no_such_field", "out_train"),
+    ("train-gin-file-missing", lambda e: ["train", "--gin_file", "runs/nope.gin", "--workdir", f"{e['root']}/out_train"], "nope.gin", "out_train"),
+    ("train-data-dir-unset", lambda e: ["train", "--gin_file", "runs/tiny_cpu.gin", "--workdir", f"{e['root']}/out_train"], "DATA_DIR", "out_train"),
+    ("train-data-dir-not-prepared", lambda e: _train(e, data=f"{e['root']}/text"), "meta.json", "out_train"),
+    ("train-mesh-does-not-divide-devices", lambda e: _train(e, "--gin.MeshConfig.fsdp=3"), "does not divide", "out_train"),
+    ("train-sequence-longer-than-model", lambda e: _train(e, "--gin.DataConfig.seq_len=4096"), "max_seq_len", "out_train"),
+    ("train-batch-not-divisible", lambda e: _train(e, "--gin.DataConfig.batch_size=3"), "batch_size", "out_train"),
+    ("train-model-vocab-smaller-than-data", lambda e: _train(e, "--gin.ModelConfig.vocab_size=10"), "vocab_size", "out_train"),
+    ("train-fgrams-from-other-data", lambda e: _train(e, "--gin_file", "models/tiny_scone.gin", f"--gin.FGRAM_DIR='{e['other']}/../fg_other'"), "other data", "out_train"),
+    ("train-fgram-size-larger-than-file", lambda e: _train(e, "--gin_file", "models/tiny_scone.gin", f"--gin.FGRAM_DIR='{e['root']}/fg'", "--gin.FgramConfig.size=100000"), "holds only", "out_train"),
+    ("train-corrupted-shard", lambda e: _train(e, data=f"{e['root']}/corrupt"), "sha256", "out_train"),
+    ("train-unknown-flag", lambda e: _train(e, "--bogus_flag"), "bogus_flag", "out_train"),
+    ("eval-workdir-not-a-run", lambda e: ["eval", "--workdir", f"{e['root']}/text"], "config.gin", None),
+    ("eval-run-without-checkpoint", lambda e: ["eval", "--workdir", f"{e['root']}/run_no_ckpt"], "checkpoint", None),
+    ("eval-data-dir-missing", lambda e: ["eval", "--workdir", e["run"], "--data", f"{e['root']}/nodata"], "nodata", None),
+]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input_gets_a_one_line_error(row, env, capsys):
+  name, argv, needle, absent = row
+  capsys.readouterr()
+  try:
+    rc = main(argv(env))
+  except SystemExit as e:   # argparse usage errors exit from inside the parser
+    rc = e.code
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2, (name, err)
+  assert len(err) == 1, (name, err)
+  assert needle in err[0], (name, err[0])
+  if os.environ.get("SCONE_CATALOGUE"):   # regenerates the table in WORKSPACE.md
+    with open(os.environ["SCONE_CATALOGUE"], "a") as f:
+      f.write(json.dumps([name, err[0].replace(env["root"], "…")]) + "\n")
+  if absent:
+    assert not os.path.exists(os.path.join(env["root"], absent)) or not os.listdir(os.path.join(env["root"], absent)), name
+
+
+@pytest.mark.parametrize("read_only", [False, True], ids=["disk-full", "read-only-output-dir"])
+def test_disk_full_and_read_only_output(env, tmp_path, capsys, read_only):
+  mnt = str(tmp_path / "mnt")
+  if not _tiny_fs(mnt, read_only=read_only):
+    pytest.skip("mounting a tmpfs needs root")
+  try:
+    out = os.path.join(mnt, "fg")
+    capsys.readouterr()
+    rc = main(["fgrams", "build", "--data", env["data"], "--max_n", "3", "--size", "40", "--min_count", "2",
+               "--chunk_tokens", "500", "--tmp_dir", mnt, "--out", out])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert ("No space left" in err[0] or "space" in err[0]) if not read_only else ("Read-only" in err[0] or "read-only" in err[0] or "writ" in err[0]), err
+    assert not os.path.exists(os.path.join(out, "meta.json"))
+    if os.environ.get("SCONE_CATALOGUE"):
+      with open(os.environ["SCONE_CATALOGUE"], "a") as f:
+        f.write(json.dumps(["fgrams-build-" + ("read-only-output-dir" if read_only else "disk-full"),
+                            err[0].replace(str(tmp_path), "…")]) + "\n")
+  finally:
+    subprocess.run(["umount", mnt], capture_output=True)
