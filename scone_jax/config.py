@@ -154,6 +154,7 @@ class TrainConfig:
   checkpoint_every: int = 50
   keep_checkpoints: int = 3
   async_checkpoint: bool = True
+  checkpoint_hashes: bool = True   # record and verify sha256s of checkpoint files (local paths)
   stop_on_nonfinite: bool = True
   skip_nonfinite_updates: bool = False  # skip steps whose gradients are not finite (optax.apply_if_finite)
   max_nonfinite_skips: int = 10         # ... but no more than this many in a row

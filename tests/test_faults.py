@@ -167,3 +167,23 @@ def test_sigkill_during_fgrams_build_leaves_nothing_that_looks_complete(tmp_path
   assert main(["fgrams", "build", "--data", data, "--max_n", "4", "--size", "5000", "--min_count", "2", "--out", out]) == 0
   got = fgram_vocab.load(out)
   assert got.as_tuples() == ref.as_tuples() and list(got.counts) == list(ref.counts)
+
+
+def test_corrupted_checkpoint_is_detected_not_decoded(data_dir, tmp_path, capsys):
+  run = str(tmp_path / "run")
+  flags = [f"--gin.{b.replace(' = ', '=')}" for b in tiny_bindings(data_dir, 4, **{"TrainConfig.checkpoint_every": 2})]
+  assert main(["train", "--gin_file", "runs/tiny_mesh8.gin", *flags, "--workdir", run, "--quiet"]) == 0
+  hashes = json.load(open(os.path.join(run, "checkpoint_hashes", "4.json")))
+  assert sorted(os.listdir(os.path.join(run, "checkpoint_hashes"))) == ["2.json", "4.json"]
+  # Flip one byte in the largest file of the newest checkpoint.
+  step_dir = os.path.join(run, "checkpoints", "4")
+  victim = max(hashes, key=lambda n: os.path.getsize(os.path.join(step_dir, n)))
+  raw = bytearray(open(os.path.join(step_dir, victim), "rb").read())
+  raw[len(raw) // 2] ^= 0x01
+  open(os.path.join(step_dir, victim), "wb").write(bytes(raw))
+  capsys.readouterr()
+  assert main(["eval", "--workdir", run]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "corrupted" in err[0] and victim in err[0], err
+  assert main(["train", "--gin_file", "runs/tiny_mesh8.gin", *flags[:-0 or None], "--gin.TRAIN_STEPS=6",
+               "--workdir", run, "--quiet"]) == 2

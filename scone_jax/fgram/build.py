@@ -43,12 +43,13 @@ def beam_pipeline_args(extra: list[str]) -> list[str]:
 
 
 def _check_data(data_dir: str):
-  from scone_jax.data.shards import load_meta, shard_paths
+  from scone_jax.data.shards import load_meta, shard_paths, verify_shards
   if not os.path.isdir(data_dir):
     raise UserError(f"--data {data_dir!r} is not a directory: run `scone-jax prepare --out {data_dir}` first")
   meta = load_meta(data_dir)
   if not isinstance(meta.vocab_size, int) or meta.vocab_size < 1:
     raise UserError(f"{os.path.join(data_dir, 'meta.json')!r} has vocab_size {meta.vocab_size!r}; re-run `scone-jax prepare`")
+  verify_shards(data_dir, ("train",))
   return meta, shard_paths(data_dir, "train")
 
 

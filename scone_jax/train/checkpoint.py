@@ -3,9 +3,15 @@
 Layout: RUN/checkpoints/<step>/{state,data}. Orbax writes each step into a temporary directory
 and renames it when complete, so a checkpoint cut off mid-write is never listed, never restored.
 Every process writes its own shards of the state and its own data-iterator state.
+
+Integrity: once a step is complete, process 0 records the sha256 of every file in it in
+RUN/checkpoint_hashes/<step>.json (TrainConfig.checkpoint_hashes; local file systems only).
+A restore checks them first: a corrupted checkpoint is refused with the file named, never decoded.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import grain
@@ -18,6 +24,8 @@ from scone_jax.errors import UserError
 class Checkpoints:
   def __init__(self, workdir: str, cfg: TrainConfig, *, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.read_only = read_only
+    self.hashes = cfg.checkpoint_hashes and "://" not in workdir
     options = ocp.CheckpointManagerOptions(
         max_to_keep=cfg.keep_checkpoints, enable_async_checkpointing=cfg.async_checkpoint,
         create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
@@ -26,10 +34,59 @@ class Checkpoints:
     except (OSError, PermissionError) as e:
       raise UserError(f"cannot use checkpoint directory {self.directory!r}: {e}") from e
 
+  # -- integrity ------------------------------------------------------------------------------
+  def _hash_dir(self) -> str:
+    return os.path.join(os.path.dirname(self.directory), "checkpoint_hashes")
+
+  def _file_hashes(self, step: int) -> dict[str, str]:
+    root = os.path.join(self.directory, str(step))
+    out = {}
+    for dirpath, _, files in os.walk(root):
+      for name in files:
+        path = os.path.join(dirpath, name)
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+          for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+        out[os.path.relpath(path, root)] = h.hexdigest()
+    return out
+
+  def seal(self) -> None:
+    """Records the hashes of finished, not yet sealed steps (process 0); forgets deleted ones."""
+    import jax
+    if not self.hashes or self.read_only or jax.process_index() != 0:
+      return
+    os.makedirs(self._hash_dir(), exist_ok=True)
+    steps = set(self.manager.all_steps())
+    for name in os.listdir(self._hash_dir()):
+      if name.endswith(".json") and name[:-5].isdigit() and int(name[:-5]) not in steps:
+        os.remove(os.path.join(self._hash_dir(), name))
+    for step in steps:
+      path = os.path.join(self._hash_dir(), f"{step}.json")
+      if not os.path.exists(path):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+          json.dump(self._file_hashes(step), f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+
+  def verify(self, step: int) -> None:
+    path = os.path.join(self._hash_dir(), f"{step}.json")
+    if not self.hashes or not os.path.exists(path):
+      return
+    with open(path) as f:
+      expected = json.load(f)
+    actual = self._file_hashes(step)
+    for name, digest in sorted(expected.items()):
+      if actual.get(name) != digest:
+        raise UserError(f"checkpoint step {step} is corrupted: {os.path.join(self.directory, str(step), name)} "
+                        f"differs from its recorded sha256; delete {os.path.join(self.directory, str(step))} "
+                        "to resume from the step before it")
+
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state, data_iterator, *, force: bool = False) -> bool:
+    self.seal()
     args = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -38,6 +95,7 @@ class Checkpoints:
   def restore(self, step: int, abstract_state, data_iterator=None):
     """Restores the state onto the shardings of `abstract_state` (any mesh) and, if given,
     the data iterator in place."""
+    self.verify(step)
     args = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -46,7 +104,9 @@ class Checkpoints:
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
+    self.seal()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
+    self.seal()
     self.manager.close()
