@@ -218,7 +218,7 @@ def test_every_error_exits_2_with_one_line(corpus, tmp_path, capsys):
     assert run_cli("fgrams", "build", *argv) == 2, name
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("scone-jax fgrams: error:"), (name, captured.err)
+    assert len(lines) == 1 and lines[0].startswith("scone-jax fgrams build: error:"), (name, captured.err)
   assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
   assert not (tmp_path / "o").exists()
 
