@@ -30,6 +30,7 @@ COMMANDS: dict[str, object] = {
         "train": ("scone_jax.bench.train", "MFU of the train step against this host's matmul peak"),
         "count": ("scone_jax.bench.count", "n-gram counting throughput vs a sort-and-count"),
         "match": ("scone_jax.bench.match", "exact matcher throughput vs a dict matcher"),
+        "pipeline": ("scone_jax.bench.pipeline", "input pipeline tokens/s vs the tiny SCONE train step"),
     },
 }
 

@@ -1,0 +1,65 @@
+"""`scone-jax bench pipeline`: can the host feed the accelerator?
+
+In one run: the tokens/s the full grain pipeline delivers on one thread (read, shuffle, pack,
+f-gram matching per row, distinct f-grams per batch) and the tokens/s the tiny SCONE train step
+consumes on this host's devices, on the same batches. Target: pipeline >= 10x the step.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--data", default="demo_out/data", help="prepared DATA (default: the demo's)")
+  p.add_argument("--fgrams", default="demo_out/fgrams", help="f-gram directory FG (default: the demo's)")
+  p.add_argument("--gin_file", default="runs/tiny_scone_cpu.gin")
+  p.add_argument("--batches", type=int, default=40, help="batches timed for the pipeline")
+  p.add_argument("--steps", type=int, default=10, help="train steps timed")
+
+
+def run(args) -> int:
+  import jax
+
+  from scone_jax import experiment, parallel
+  from scone_jax.data import pipeline
+  from scone_jax.errors import UserError
+  from scone_jax.train.state import Trainer
+
+  for path, what in ((args.data, "--data"), (args.fgrams, "--fgrams")):
+    if not os.path.isfile(os.path.join(path, "meta.json")):
+      raise UserError(f"{what} {path!r} has no meta.json: run `make demo` first or pass {what}")
+  exp = experiment.load([args.gin_file], [f"DATA_DIR = '{os.path.abspath(args.data)}'",
+                                          f"FGRAM_DIR = '{os.path.abspath(args.fgrams)}'"])
+  mesh = parallel.make_mesh(exp.mesh)
+  trainer = Trainer(exp.model, exp.train, mesh, exp.build_model)
+  dcfg = exp.data
+  spec = pipeline.PipelineSpec(dcfg.data_dir, "train", dcfg.seq_len, dcfg.batch_size, seed=dcfg.shuffle_seed,
+                               prefetch=0, row_features=exp.row_features(),
+                               batch_features=exp.batch_features(0, trainer.batch_devices, dcfg.batch_size))
+  it = iter(pipeline.make_dataset(spec))
+  batches = [next(it) for _ in range(3)]   # warm-up: open shards, build the matcher's table
+  t0 = time.perf_counter()
+  for _ in range(args.batches):
+    batches.append(next(it))
+  pipe_tps = args.batches * dcfg.batch_size * dcfg.seq_len / (time.perf_counter() - t0)
+  distinct = max(int((b["unique_lengths"] > 0).sum()) for b in batches)
+  print(f"bench pipeline: {pipe_tps:,.0f} tokens/s on one host thread (batch {dcfg.batch_size} x {dcfg.seq_len}, "
+        f"|V_f| {len(exp.fgram_vocab):,}, K {exp.max_n}, up to {distinct} distinct f-grams per batch "
+        f"of {exp.max_unique(dcfg.batch_size, trainer.batch_devices)} slots)", flush=True)
+  with jax.set_mesh(mesh):
+    state = trainer.init()
+    step_fn = trainer.jit_train_step(batches[0])
+    glob = [trainer.global_batch(b, dcfg.batch_size) for b in batches[:args.steps + 2]]
+    for g in glob[:2]:
+      state, m = step_fn(state, g)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for g in glob[2:]:
+      state, m = step_fn(state, g)
+    jax.block_until_ready(m)
+    step_tps = (len(glob) - 2) * dcfg.batch_size * dcfg.seq_len / (time.perf_counter() - t0)
+  print(f"bench pipeline: tiny SCONE train step consumes {step_tps:,.0f} tokens/s on {jax.device_count()} device(s)")
+  print(f"bench pipeline: ratio pipeline/step {pipe_tps / step_tps:.1f} (target >= 10)")
+  return 0
