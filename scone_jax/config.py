@@ -75,6 +75,7 @@ class FgramConfig:
   num_kv_heads: int = 0
   d_ff: int = 0
   max_unique: int = 0           # distinct f-grams per process batch (static); 0 = never-overflowing bound
+  max_n: int = 0                # planned K: lets `compile` size a run with no f-gram file (else the file's K)
 
   def model_config(self, main: "ModelConfig") -> "ModelConfig":
     """A_f's block design: the main model's, at A_f's own width and depth."""

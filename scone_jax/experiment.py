@@ -39,9 +39,14 @@ class Experiment:
     return build_model(self.model, self.train.seed, fgram=self.fgram, max_n=self.max_n,
                        ngram=self.ngram, ngram_layout=self.ngram_layout, stem_layers=self.stem_layers)
 
+  @property
+  def num_fgrams(self) -> int:
+    """|V_f| of the run (FgramConfig.size, or every f-gram of the file)."""
+    return self.fgram.size or len(self.fgram_vocab)
+
   def max_unique(self, process_rows: int, batch_devices: int) -> int:
     """Static number of distinct f-grams per process batch, a multiple of the batch devices."""
-    bound = self.fgram.max_unique or min(process_rows * self.data.seq_len, len(self.fgram_vocab))
+    bound = self.fgram.max_unique or min(process_rows * self.data.seq_len, self.num_fgrams)
     return -(-bound // batch_devices) * batch_devices
 
   def row_features(self) -> tuple:
@@ -100,7 +105,8 @@ class DistinctFgrams:
     return {**batch, "fgram_index": index, "unique_tokens": self.tokens[rows], "unique_lengths": self.lengths[rows]}
 
 
-def load(gin_files: list[str], bindings: list[str], *, data_dir: str | None = None) -> Experiment:
+def load(gin_files: list[str], bindings: list[str], *, data_dir: str | None = None,
+         planned_fgrams: bool = False) -> Experiment:
   """Parses gin, builds every config, and fills in what comes from the data (vocabulary size)."""
   C.parse_gin(gin_files, bindings)
   data = C.build(C.DataConfig)
@@ -129,7 +135,10 @@ def load(gin_files: list[str], bindings: list[str], *, data_dir: str | None = No
     raise UserError(f"TrainConfig.steps={train.steps} must be at least 1")
   exp = Experiment(model, data, train, mesh, meta)
   if model.embedding == "scone":
-    _attach_fgrams(exp)
+    if planned_fgrams:
+      attach_planned_fgrams(exp)
+    else:
+      _attach_fgrams(exp)
   elif model.embedding == "ngram_hash":
     from scone_jax.data.ngram_ids import table_layout
     from scone_jax.models.ngram_hash import sub_table_width
@@ -155,12 +164,28 @@ def _attach_fgrams(exp: Experiment) -> None:
                     "rebuild them with `scone-jax fgrams build`")
   if vocab.meta.vocab_size != exp.data_meta.vocab_size:
     raise UserError(f"f-gram vocabulary size {vocab.meta.vocab_size} != data vocabulary {exp.data_meta.vocab_size}")
+  if fcfg.max_n and fcfg.max_n != vocab.meta.max_n:
+    raise UserError(f"FgramConfig.max_n={fcfg.max_n} but {fcfg.fgram_dir!r} holds f-grams of up to {vocab.meta.max_n} tokens")
   if fcfg.size:
     if fcfg.size > len(vocab):
       raise UserError(f"FgramConfig.size={fcfg.size} but {fcfg.fgram_dir!r} holds only {len(vocab)} f-grams")
     vocab = fgram_vocab.FgramVocab(vocab.flat[:vocab.offsets[fcfg.size]], vocab.offsets[:fcfg.size + 1],
                                    vocab.counts[:fcfg.size], vocab.meta)
   exp.fgram, exp.fgram_vocab = fcfg, vocab
+
+
+def attach_planned_fgrams(exp: Experiment) -> None:
+  """For ahead-of-time compilation without an f-gram file: shapes depend only on K and the number
+  of distinct f-grams per batch, so a stand-in vocabulary of K-1 f-grams carries K, and
+  FgramConfig.size the planned |V_f| (accounting, max_unique bound)."""
+  from scone_jax.fgram import vocab as fgram_vocab
+  fcfg = C.build(C.FgramConfig)
+  if fcfg.max_n < 2 or fcfg.size < 1:
+    raise UserError("compiling a SCONE run without its f-grams needs FgramConfig.max_n (K >= 2) and "
+                    "FgramConfig.size (|V_f|), or FGRAM_DIR on this host")
+  grams = [(4,) * n for n in range(2, fcfg.max_n + 1)]   # closed under prefixes and suffixes
+  meta = fgram_vocab.FgramMeta(fcfg.max_n, fcfg.size, 1, 0, "", len(grams), exp.model.vocab_size)
+  exp.fgram, exp.fgram_vocab = fcfg, fgram_vocab.FgramVocab.from_tuples(grams, [1] * len(grams), meta)
 
 
 def save_operative_config(workdir: str) -> None:

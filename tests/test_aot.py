@@ -135,3 +135,22 @@ def test_paper_sizes_lower_on_their_pods():
       lowered, (_, batch) = aot.lower_train_step(exp, trainer, hosts)
       assert batch["inputs"].shape == (exp.data.batch_size, 2048)
       assert "jit_train_step" in lowered.as_text()[:2000]
+
+
+@pytest.mark.parametrize("model_file,layers", [("models/olmo1b_scone_af06b.gin", 9), ("models/olmo1b_scone_af18b.gin", 27)])
+def test_olmo_1b_scone_lowers_on_v5p_256_without_data(model_file, layers):
+  """The 1B-class SCONE configs size themselves from FgramConfig.max_n/size (no f-gram file)."""
+  topo = aot.parse_topology("v5p-256")
+  devices = aot.topology_devices(topo)
+  hosts = len({d.process_index for d in devices})
+  exp = aot.load_experiment([model_file, "runs/v5p_256.gin"], [])
+  assert exp.fgram.num_layers == layers and exp.max_n == 5 and exp.num_fgrams == 10_000_000
+  trainer = Trainer(exp.model, exp.train, parallel.make_mesh(exp.mesh, devices), exp.build_model)
+  from scone_jax.models import accounting
+  acct = accounting.for_experiment(exp, trainer.abstract_params, hosts, trainer.batch_devices)
+  assert acct.offloaded_entries == 10_000_000 * 2048
+  per_block = 2048 * 128 * (16 * 4) + 3 * 2048 * 8192 + 2 * 2048
+  assert acct.training_params == layers * per_block + 5 * 2048 + 2048   # blocks, positions, final norm
+  lowered, (_, batch) = aot.lower_train_step(exp, trainer, hosts)
+  assert batch["unique_tokens"].shape == (16384 * hosts, 5)
+  assert batch["fgram_index"].shape == (exp.data.batch_size, 2048)

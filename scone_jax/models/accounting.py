@@ -9,6 +9,8 @@ once per token, the token-embedding gather is free; a tied output layer counts V
 scores and values (2 * 2 * context * heads * head_dim per layer, full context: no causal halving).
 Training = 3x the forward FLOPs of the main model, plus 3x A_f's forward FLOPs on the distinct
 f-grams of a batch, spread over the batch's tokens.
+Sibling methods: hashed n-gram tables add their projections (2 * T * d_sub * d, resident; the
+table gathers are free); STEM layers drop their up-projection (2 * d * d_ff each: a gather instead).
 """
 from __future__ import annotations
 
@@ -88,6 +90,10 @@ def account(cfg: ModelConfig, abstract_params, seq_len: int, extra_train_flops_p
 def for_experiment(exp, abstract_params, process_count: int = 1, batch_devices: int = 1) -> Accounting:
   """The three numbers and FLOPs of an experiment (SCONE adds A_f and the offloaded table)."""
   base = account(exp.model, abstract_params, exp.data.seq_len)
+  sibling = _sibling_flops(exp)
+  if sibling:
+    return dataclasses.replace(base, inference_flops_per_token=base.inference_flops_per_token + sibling,
+                               train_flops_per_token=base.train_flops_per_token + 3 * sibling)
   if exp.fgram_vocab is None:
     return base
   k = exp.max_n
@@ -97,5 +103,16 @@ def for_experiment(exp, abstract_params, process_count: int = 1, batch_devices: 
   rows = exp.data.batch_size
   distinct = exp.max_unique(rows // process_count, batch_devices) * process_count
   extra = 3.0 * per_fgram * distinct / (rows * exp.data.seq_len)
-  return dataclasses.replace(base, offloaded_entries=len(exp.fgram_vocab) * d,
+  return dataclasses.replace(base, offloaded_entries=exp.num_fgrams * d,
                              train_flops_per_token=base.train_flops_per_token + extra)
+
+
+def _sibling_flops(exp) -> float:
+  """Forward FLOPs per token that LongCat n-gram tables add or STEM layers remove."""
+  cfg = exp.model
+  if getattr(exp, "ngram_layout", None) is not None:
+    from scone_jax.models.ngram_hash import sub_table_width
+    return 2.0 * exp.ngram_layout.num_tables * sub_table_width(cfg, exp.ngram) * cfg.d_model
+  if getattr(exp, "stem_layers", ()):
+    return -2.0 * len(exp.stem_layers) * cfg.d_model * cfg.d_ff
+  return 0.0

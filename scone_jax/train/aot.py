@@ -184,15 +184,15 @@ def load_experiment(gin_files: list[str], bindings: list[str]):
   meta.json (in a temporary directory) carries only ModelConfig.vocab_size."""
   from scone_jax import config as C, experiment
   from scone_jax.data import shards
-  bindings = ["DATA_DIR = ''"] + list(bindings)   # the run files' %DATA_DIR is gin.REQUIRED
+  # The run files' %DATA_DIR and SCONE's %FGRAM_DIR are gin.REQUIRED; no data is needed here.
+  bindings = ["DATA_DIR = ''", "FGRAM_DIR = ''"] + list(bindings)
   C.parse_gin(gin_files, bindings)
   data_dir = C.build(C.DataConfig).data_dir
   if data_dir and os.path.isfile(os.path.join(data_dir, shards.META)):
     return experiment.load(gin_files, bindings)
   model = C.build(C.ModelConfig)
-  if getattr(model, "embedding", "token") == "scone":
-    raise UserError(f"DataConfig.data_dir={data_dir!r} has no meta.json on this host: compiling a SCONE run "
-                    "needs its data and f-grams (FGRAM_DIR), whose vocabulary sets the batch shapes")
+  # SCONE without data: a stand-in vocabulary carries the planned K (FgramConfig.max_n, .size).
+  planned = getattr(model, "embedding", "token") == "scone"
   vocab = model.vocab_size
   if vocab <= 0:
     raise UserError("ModelConfig.vocab_size is unset and there is no DATA_DIR meta.json on this host: "
@@ -201,7 +201,7 @@ def load_experiment(gin_files: list[str], bindings: list[str]):
     shards.write_meta(stand_in, shards.DataMeta(
         vocab_size=vocab, pad_id=0, eos_id=1, bos_id=2, unk_id=3, tokenizer_sha256="",
         num_documents={}, num_tokens={}, num_shards={}, source="scone-jax compile: no data"))
-    return experiment.load(gin_files, bindings, data_dir=stand_in)
+    return experiment.load(gin_files, bindings, data_dir=stand_in, planned_fgrams=planned)
 
 
 def abstract_batch(exp, trainer, num_hosts: int) -> tuple[dict, dict]:
