@@ -131,7 +131,7 @@ def check_divisible(shape: Sequence[int], names: Sequence[str | None], mesh: Mes
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None, *, heartbeat_timeout_seconds: int = 100) -> None:
   """Starts jax.distributed from flags, or auto-detects Cloud TPU / SLURM; no-op for one process.
 
   On CPU the cross-process collectives go through gloo."""
@@ -144,5 +144,7 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     raise UserError("multi-host needs all of --coordinator_address, --num_processes and --process_id")
   if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS", "") == "cpu":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # A dead peer is noticed by missed heartbeats; every other process then stops with an error
+  # instead of waiting forever in a collective.
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id)
+                             process_id=process_id, heartbeat_timeout_seconds=heartbeat_timeout_seconds)

@@ -111,3 +111,37 @@ def test_two_processes_reproduce_one(tmp_path):
   # Training moved the parameters away from their initial values, so the comparison means something.
   initial = jax.tree.leaves(jax.device_get(trainer.init().params))
   assert max(float(np.max(np.abs(x - y))) for x, y in zip(leaves_a, initial)) > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0], ids=["worker-killed", "coordinator-killed"])
+def test_a_killed_process_stops_the_others_with_an_error(tmp_path, victim):
+  data_dir = make_data(str(tmp_path / "data"))[0]
+  coordinator = f"127.0.0.1:{_free_port()}"
+  procs, logs = [], []
+  try:
+    for p in range(2):
+      cmd = _train_cmd(data_dir, str(tmp_path / "run"), "--coordinator_address", coordinator, "--num_processes", "2",
+                       "--process_id", str(p), "--heartbeat_timeout_seconds", "10", "--gin.TRAIN_STEPS=100000")
+      env = {**os.environ, "XLA_FLAGS": parallel.fake_cpu_devices_flags(4), "JAX_PLATFORMS": "cpu"}
+      logs.append(str(tmp_path / f"p{p}.log"))
+      procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (tmp_path / "run" / "metrics.jsonl").exists() or len(read_metrics(str(tmp_path / "run"))) < 3:
+      assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "training did not start"
+      time.sleep(0.2)
+    procs[victim].kill()
+    survivor = procs[1 - victim]
+    t0 = time.monotonic()
+    rc = survivor.wait(timeout=120)   # bounded: never hangs in a collective
+    waited = time.monotonic() - t0
+    out = open(logs[1 - victim]).read()
+    assert rc != 0, out[-2000:]
+    print(f"survivor exited {rc} after {waited:.1f} s")
+    assert any(w in out for w in ("heartbeat", "Heartbeat", "unavailable", "UNAVAILABLE", "disconnected",
+                                  "Connection", "connection", "error")), out[-2000:]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()

@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--coordinator_address", default=None, help="multi-host: HOST:PORT of process 0")
   p.add_argument("--num_processes", type=int, default=None)
   p.add_argument("--process_id", type=int, default=None)
+  p.add_argument("--heartbeat_timeout_seconds", type=int, default=100,
+                 help="multi-host: a process silent this long is declared dead and every other process stops")
   p.add_argument("--quiet", action="store_true", help="print only the final summary")
   p.add_argument("--stop_after_steps", type=int, default=None,
                  help="stop (with a checkpoint) after this many steps of this invocation; the run resumes later")
@@ -36,7 +38,8 @@ def _log(msg: str, quiet: bool = False) -> None:
 def run(args) -> int:
   from scone_jax import parallel
   from scone_jax.config import bindings_from_flags
-  parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+  parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                                  heartbeat_timeout_seconds=args.heartbeat_timeout_seconds)
   from scone_jax import experiment
   exp = experiment.load(args.gin_file, bindings_from_flags(args.extra))
   summary = train(exp, args.workdir, quiet=args.quiet, stop_after=args.stop_after_steps)
