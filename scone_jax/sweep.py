@@ -31,7 +31,7 @@ def _ints(text: str) -> list[int]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--data", required=True, help="prepared DATA directory")
   p.add_argument("--out", required=True, help="sweep directory: f-grams, runs, table, plots")
-  p.add_argument("--gin_file", action="append", default=None, help="run file(s) for the main model (default runs/demo_cpu.gin)")
+  p.add_argument("--gin_file", action="append", default=None, help="run file(s) for the main model (default runs/miniature_cpu.gin)")
   p.add_argument("--sizes", type=_ints, default=[4096, 16384, 65536], help="|V_f| values")
   p.add_argument("--fgram_layers", type=_ints, default=[1, 2], help="A_f depths (the A_f size knob)")
   p.add_argument("--fgram_width", type=int, default=0, help="A_f width d_f (0 = main width)")
@@ -79,7 +79,7 @@ def _fg_dir(args, k: int) -> str:
 
 
 def train_argv(args, p: Point) -> list[str]:
-  files = args.gin_file or ["runs/demo_cpu.gin"]
+  files = args.gin_file or ["runs/miniature_cpu.gin"]
   argv = ["train"] + [w for f in files for w in ("--gin_file", f)]
   if p.method == "scone":
     argv += ["--gin_file", "models/tiny_scone.gin", f"--gin.FGRAM_DIR='{_fg_dir(args, p.max_n)}'",
@@ -108,9 +108,6 @@ def run(args) -> int:
     return 0
   if not args.collect_only:
     env = dict(os.environ)
-    if "XLA_FLAGS" not in env:   # the same 4-device CPU mesh as the demo
-      from scone_jax.parallel import fake_cpu_devices_flags
-      env["XLA_FLAGS"] = fake_cpu_devices_flags(4)
     for k in args.max_n:
       if not os.path.isfile(os.path.join(_fg_dir(args, k), "meta.json")):
         if main(build_argv(args, k)):
