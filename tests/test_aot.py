@@ -113,7 +113,8 @@ def test_missing_vocabulary_size_exits_2(capsys):
   assert rc == 2 and "ModelConfig.vocab_size is unset" in err
 
 
-PAPER_MODELS = sorted(f"models/{os.path.basename(p)}" for p in glob.glob(f"{EXPERIMENTS_DIR}/models/*_d*_l*.gin"))
+PAPER_MODELS = sorted(f"models/{os.path.basename(p)}" for p in glob.glob(f"{EXPERIMENTS_DIR}/models/*_d*_l*.gin")
+                      if re.fullmatch(r"(olmo|webtext)_d\d+_l\d+\.gin", os.path.basename(p)))   # the baselines
 POD_RUNS = {"runs/v5p_256.gin": "v5p-256", "runs/v6e_256.gin": "v6e-256"}
 
 
