@@ -26,10 +26,14 @@ COMMANDS: dict[str, object] = {
     "generate": ("scone_jax.serve.generate", "decode from a trained run"),
     "sweep": ("scone_jax.sweep", "sweep |V_f|, A_f size and K; collect a results table"),
     "demo": ("scone_jax.demo", "the end-to-end demo on the embedded corpus"),
+    "compare": ("scone_jax.compare", "baseline, SCONE, n-gram hash and STEM on equal terms: one table and plot"),
     "bench": {
         "train": ("scone_jax.bench.train", "MFU of the train step against this host's matmul peak"),
         "count": ("scone_jax.bench.count", "n-gram counting throughput vs a sort-and-count"),
         "match": ("scone_jax.bench.match", "exact matcher throughput vs a dict matcher"),
+        "lookup": ("scone_jax.bench.lookup", "f-gram row query latency vs batch size, RAM and disk tiers"),
+        "decode": ("scone_jax.bench.decode", "decode tokens/s with SCONE rows from RAM / disk vs the baseline"),
+        "export": ("scone_jax.bench.export", "export write throughput vs this disk's sequential write"),
         "pipeline": ("scone_jax.bench.pipeline", "input pipeline tokens/s vs the tiny SCONE train step"),
     },
 }

@@ -1,8 +1,10 @@
 """`scone-jax demo` (what `make demo` runs): the whole data walk on the embedded corpus.
 
 prepare builtin:python-stdlib -> fgrams build -> train the baseline and the same main model with
-SCONE on a 2-device (FSDP) CPU mesh -> print both validation perplexities. Every stage is skipped when
-its output already exists, so a second `make demo` resumes where the first stopped.
+SCONE on a 2-device (FSDP) CPU mesh -> print both validation perplexities -> export the SCONE
+run's f-gram table to a zarr store -> generate a completion with rows read from that store.
+Every stage is skipped when its output already exists, so a second `make demo` resumes where the
+first stopped.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import os
 import time
 
 DEVICES = 2   # fake CPU devices; more than the host has cores risks XLA CPU collective stalls
+DEMO_PROMPT = "    def __init__(self, "   # completed at the end, f-gram rows read from the exported store
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,10 +64,28 @@ def run(args) -> int:
   _stage("result (validation split of the embedded corpus)")
   for name, r in results.items():
     print(f"{name:>9}: validation loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}")
-  print(f"demo finished in {time.time() - t0:.0f} s; runs in {out}")
   if not results:
     raise UserError("no run finished")
+  rc = _export_and_generate(out)
+  if rc:
+    return rc
+  print(f"demo finished in {time.time() - t0:.0f} s; runs in {out}")
   return 0
+
+
+def _export_and_generate(out: str) -> int:
+  """A_f over every f-gram of the SCONE run into a zarr store (resumes, or says it is complete),
+  then a completion decoded with the f-gram rows read from that store on disk."""
+  from scone_jax.cli import main
+  run, store = os.path.join(out, "run_scone"), os.path.join(out, "store")
+  _stage("export: A_f over every f-gram, into a zarr store (the table serving reads)")
+  rc = main(["export", "--workdir", run, "--out", store, "--dtype", "bfloat16"])
+  if rc:
+    return rc
+  _stage("generate: greedy completion, f-gram rows from the store on disk")
+  print(f"prompt: {DEMO_PROMPT!r}\ncompletion:", flush=True)
+  return main(["generate", "--workdir", run, "--store", store, "--tier", "disk", "--prompt", DEMO_PROMPT,
+               "--max_new_tokens", "48"])
 
 
 def _final_eval(workdir: str) -> dict:

@@ -7,7 +7,9 @@ last position is the f-gram's embedding. Causal attention makes right-padding ex
 
 Per batch, A_f runs once per distinct f-gram: the pipeline ships `unique_tokens` [U, K],
 `unique_lengths` [U] and `fgram_index` [B, L] (row of the distinct list, -1 = unmatched); a matched
-position's embedding replaces T[x_i] (no add, no gate).
+position's embedding replaces T[x_i] (no add, no gate). At inference the batch may carry
+`unique_rows` [U, D] instead of `unique_tokens`/`unique_lengths`: the distinct f-grams' rows of the
+exported table E_f (METHODS.md 1.5), used as they are.
 """
 from __future__ import annotations
 
@@ -67,7 +69,10 @@ class SconeEmbedding(nnx.Module):
 
   def __call__(self, model, batch):
     token_emb = model.embed_tokens(batch["inputs"])
-    fgram_emb_UxD = self.fgram_embeddings(model, batch["unique_tokens"], batch["unique_lengths"])
+    if "unique_rows" in batch:   # rows of an exported table E_f (serve/, eval --store): A_f is not run
+      fgram_emb_UxD = batch["unique_rows"]
+    else:
+      fgram_emb_UxD = self.fgram_embeddings(model, batch["unique_tokens"], batch["unique_lengths"])
     index = batch["fgram_index"]
     gathered = jnp.take(fgram_emb_UxD.astype(token_emb.dtype), jnp.maximum(index, 0), axis=0)
     out = jnp.where((index >= 0)[..., None], gathered, token_emb)

@@ -1,0 +1,284 @@
+"""The f-gram embedding store on disk (or any tensorstore kvstore): layout, specs, hashes.
+
+A store is a zarr v3 group written by tensorstore; any kvstore works as its root (a local path,
+`file:///dir/`, `memory://`, `gs://bucket/dir/`, `s3://...`):
+
+  zarr.json            the group
+  embeddings/          [S, d] float32 | bfloat16 | float16 | int8, row r = f-gram r's embedding E_f[r]
+  scales/              [S] float32, int8 stores only: E_f[r] = scales[r] * embeddings[r]
+  fgram_tokens/        [S, K] int32: f-gram r's token ids, right-padded with -1 (the matcher's keys)
+  progress/            the export's bookkeeping: config.json, one block-NNNNNNNN.json per finished block
+  manifest.json        written last: a store without it is incomplete and is refused
+
+`embeddings` and `scales` use the `sharding_indexed` codec: a shard file holds `rows_per_shard`
+rows (one export block), cut into inner chunks of `inner_rows` rows (about 32 KiB: a random row
+costs one small read, and shards still write at disk speed), stored raw little-endian (f-gram
+embeddings do not compress). `fgram_tokens` has one plain chunk per block. zarr-python reads it
+all; for bfloat16 call `register_zarr_bfloat16()` first (zarr-python 3 has no built-in bfloat16;
+the zarr v3 name is `bfloat16`, as tensorstore writes it).
+
+Hashes: a block's hash is the sha256 of its rows' bytes (C order, little-endian, stored dtype);
+an array's hash is the sha256 of its blocks' hex digests joined in block order, so each process
+can hash the rows it wrote and a reader of the whole array can recompute it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from scone_jax.errors import UserError
+
+DTYPES = ("float32", "bfloat16", "float16", "int8")
+ARRAYS = ("embeddings", "scales", "fgram_tokens")
+MANIFEST = "manifest.json"
+PROGRESS_CONFIG = "progress/config.json"
+BLOCK_PREFIX = "progress/block-"
+INNER_CHUNK_BYTES = 32768
+SHARD_BYTES = 32 << 20
+
+_CONTEXT = None
+
+
+def shared_context():
+  """One tensorstore Context per process: a `memory://` store written by the exporter is the
+  one a reader in the same process opens (a fresh context would see an empty memory kvstore)."""
+  global _CONTEXT
+  import tensorstore as ts
+  if _CONTEXT is None:
+    _CONTEXT = ts.Context()
+  return _CONTEXT
+
+
+def read_context(cache_bytes: int, concurrency: int = 64):
+  """A child of the shared context with its own bounded cache pool and I/O concurrency."""
+  import tensorstore as ts
+  spec = {"cache_pool": {"total_bytes_limit": int(cache_bytes)},
+          "file_io_concurrency": {"limit": int(concurrency)}}
+  return ts.Context(ts.Context.Spec(spec), parent=shared_context())
+
+
+def kvstore_spec(url: str) -> dict:
+  """A tensorstore kvstore spec (JSON) for a local path or a kvstore URL, its path ending in '/'."""
+  import tensorstore as ts
+  if "://" in url:
+    try:
+      spec = ts.KvStore.Spec(url).to_json()
+    except ValueError as e:
+      raise UserError(f"store {url!r} is not a tensorstore kvstore URL ({e}); use a path, file://, "
+                      "memory://, gs:// or s3://") from e
+  else:
+    spec = {"driver": "file", "path": os.path.abspath(url)}
+  path = spec.get("path", "")
+  if path and not path.endswith("/"):
+    spec["path"] = path + "/"
+  return spec
+
+
+def child(spec: dict, name: str) -> dict:
+  return {**spec, "path": spec.get("path", "") + name.rstrip("/") + "/"}
+
+
+def open_root(url: str):
+  """The store's root as a tensorstore KvStore (keys relative to the root)."""
+  import tensorstore as ts
+  return ts.KvStore.open(kvstore_spec(url), context=shared_context()).result()
+
+
+def read_json(kv, key: str):
+  """The JSON value at `key`, or None if there is no such key."""
+  r = kv.read(key).result()
+  if r.state != "value":
+    return None
+  return json.loads(bytes(r.value).decode())
+
+
+def write_json(kv, key: str, value) -> None:
+  kv.write(key, json.dumps(value, indent=2, sort_keys=True).encode()).result()
+
+
+def inner_rows_for(dim: int, dtype: str, rows_per_shard: int) -> int:
+  """Rows per inner chunk: the largest power of two whose chunk fits INNER_CHUNK_BYTES (>= 1),
+  dividing rows_per_shard."""
+  row_bytes = dim * np.dtype(_np_dtype(dtype)).itemsize
+  rows = 1
+  while rows * 2 * row_bytes <= INNER_CHUNK_BYTES and rows_per_shard % (rows * 2) == 0:
+    rows *= 2
+  return rows
+
+
+def default_rows_per_shard(num_rows: int, dim: int, dtype: str) -> int:
+  """A power of two near SHARD_BYTES per shard, but no more than the table needs."""
+  row_bytes = dim * np.dtype(_np_dtype(dtype)).itemsize
+  rows = 64
+  while rows * 2 * row_bytes <= SHARD_BYTES and rows < num_rows:
+    rows *= 2
+  return rows
+
+
+def _np_dtype(dtype: str):
+  if dtype == "bfloat16":
+    import ml_dtypes
+    return ml_dtypes.bfloat16
+  return np.dtype(dtype)
+
+
+def numpy_dtype(dtype: str) -> np.dtype:
+  return np.dtype(_np_dtype(dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """The shape of a store: S rows of width d in `dtype`, f-grams up to K tokens, in blocks
+  (= shards) of rows_per_shard rows."""
+  num_rows: int
+  dim: int
+  max_n: int
+  dtype: str
+  rows_per_shard: int
+  inner_rows: int
+
+  @property
+  def num_blocks(self) -> int:
+    return -(-self.num_rows // self.rows_per_shard)
+
+  def block_rows(self, block: int) -> tuple[int, int]:
+    lo = block * self.rows_per_shard
+    return lo, min(self.num_rows, lo + self.rows_per_shard)
+
+  def arrays(self) -> tuple[str, ...]:
+    return ARRAYS if self.dtype == "int8" else ("embeddings", "fgram_tokens")
+
+  def metadata(self, name: str) -> dict:
+    """zarr v3 array metadata of one array of the store."""
+    raw = [{"name": "bytes", "configuration": {"endian": "little"}}]
+    if name == "fgram_tokens":
+      return {"shape": [self.num_rows, self.max_n], "data_type": "int32", "fill_value": -1,
+              "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [self.rows_per_shard, self.max_n]}},
+              "codecs": raw}
+    if name == "embeddings":
+      shape, chunk, inner, dtype = [self.num_rows, self.dim], [self.rows_per_shard, self.dim], \
+          [self.inner_rows, self.dim], self.dtype
+    else:  # scales: 4 bytes a row, so an inner chunk of the same byte size holds more rows
+      inner_scales = self.rows_per_shard
+      while inner_scales > 1 and inner_scales * 4 > INNER_CHUNK_BYTES:
+        inner_scales //= 2
+      shape, chunk, inner, dtype = [self.num_rows], [self.rows_per_shard], [inner_scales], "float32"
+    sharding = {"name": "sharding_indexed", "configuration": {
+        "chunk_shape": inner, "codecs": raw,
+        "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+        "index_location": "end"}}
+    return {"shape": shape, "data_type": dtype, "fill_value": 0,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}},
+            "codecs": [sharding]}
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def array_spec(url: str, name: str) -> dict:
+  return {"driver": "zarr3", "kvstore": child(kvstore_spec(url), name)}
+
+
+def create_arrays(url: str, layout: Layout) -> None:
+  """Writes the group and the arrays' metadata (no data) into an empty store."""
+  import tensorstore as ts
+  root = open_root(url)
+  write_json(root, "zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": {}})
+  for name in layout.arrays():
+    ts.open({**array_spec(url, name), "metadata": layout.metadata(name)}, create=True, open=True,
+            context=shared_context()).result()
+
+
+def open_arrays(url: str, names, *, context=None, read_only: bool = False) -> dict:
+  """{name: ts.TensorStore} of existing arrays. Readers pass a context with a bounded cache; the
+  store is immutable once complete, so cached data is never rechecked."""
+  import tensorstore as ts
+  out = {}
+  for name in names:
+    spec = array_spec(url, name)
+    if read_only:
+      spec.update(recheck_cached_data="open", recheck_cached_metadata="open")
+    try:
+      out[name] = ts.open(spec, context=context or shared_context(), read=True, write=not read_only).result()
+    except ValueError as e:
+      raise UserError(f"store {url!r}: cannot open array {name!r} ({' '.join(str(e).split())})") from e
+  return out
+
+
+def block_key(block: int) -> str:
+  return f"{BLOCK_PREFIX}{block:08d}.json"
+
+
+def finished_blocks(kv) -> dict[int, dict]:
+  """{block: marker} of every block the export recorded as written."""
+  out = {}
+  for key in kv.list(range=_prefix_range(BLOCK_PREFIX)).result():
+    key = bytes(key).decode()
+    out[int(key[len(BLOCK_PREFIX):-len(".json")])] = read_json(kv, key)
+  return out
+
+
+def _prefix_range(prefix: str):
+  import tensorstore as ts
+  return ts.KvStore.KeyRange(prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))
+
+
+def delete_all(kv) -> None:
+  """Removes every key of the store (the kvstore's whole range below its root)."""
+  import tensorstore as ts
+  kv.delete_range(ts.KvStore.KeyRange()).result()
+
+
+def sha256_of(array: np.ndarray) -> str:
+  """sha256 of an array's bytes, C order, little-endian."""
+  a = np.ascontiguousarray(array)
+  if a.dtype.byteorder == ">":
+    a = a.astype(a.dtype.newbyteorder("<"))
+  return hashlib.sha256(memoryview(a.reshape(-1).view(np.uint8))).hexdigest()
+
+
+def combine_hashes(block_hashes: list[str]) -> str:
+  """An array's hash from its blocks' hashes (in block order)."""
+  return hashlib.sha256("".join(block_hashes).encode()).hexdigest()
+
+
+def array_sha256(array: np.ndarray, rows_per_shard: int) -> str:
+  """The hash of a whole array read back, computed as the exporter does it block by block."""
+  return combine_hashes([sha256_of(array[lo:lo + rows_per_shard]) for lo in range(0, len(array), rows_per_shard)])
+
+
+def register_zarr_bfloat16() -> None:
+  """Teaches zarr-python 3 the zarr v3 `bfloat16` data type (numpy dtype from ml_dtypes), so it
+  reads bfloat16 stores. Idempotent."""
+  import ml_dtypes
+  from zarr.core.dtype import data_type_registry
+  from zarr.core.dtype.npy.float import Float16
+  if "bfloat16" in data_type_registry.contents:
+    return
+  bf16 = np.dtype(ml_dtypes.bfloat16)
+
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class BFloat16(Float16):
+    dtype_cls = type(bf16)
+    _zarr_v3_name = "bfloat16"
+    _zarr_v2_names = ()
+
+    def to_native_dtype(self):
+      return bf16
+
+    @classmethod
+    def _check_native_dtype(cls, dtype) -> bool:
+      return dtype == bf16
+
+    @classmethod
+    def from_native_dtype(cls, dtype):
+      return cls()
+
+    def _cast_scalar_unchecked(self, data):
+      return bf16.type(data)
+
+  data_type_registry.register("bfloat16", BFloat16)

@@ -1,0 +1,93 @@
+"""The store's manifest (written last) and the identity a reader checks it against.
+
+`manifest.json` says what the store holds (dtype, d, S, K, the block layout, per-array hashes)
+and what it was made from: the sha256 of the checkpoint's parameters (`checkpoint_sha256`, see
+export.run.params_sha256) and of `fgrams.parquet`. A reader that serves a run refuses a store
+whose manifest names another checkpoint or another f-gram file, and a store with no manifest.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from scone_jax.errors import UserError
+from scone_jax.export import layout as L
+
+FORMAT = "scone-jax-fgram-store"
+VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+  """What a store must have been made from: the run's parameters and f-gram file."""
+  checkpoint_sha256: str
+  fgrams_sha256: str
+  num_rows: int   # S
+  dim: int        # d
+  max_n: int      # K
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+  layout: L.Layout
+  checkpoint_sha256: str
+  fgrams_sha256: str
+  checkpoint_step: int
+  vocab_size: int
+  arrays: dict          # name -> sha256 (layout.combine_hashes of its blocks)
+  format: str = FORMAT
+  version: int = VERSION
+
+  def to_json(self) -> dict:
+    return {"format": self.format, "version": self.version, **self.layout.to_json(),
+            "checkpoint_sha256": self.checkpoint_sha256, "fgrams_sha256": self.fgrams_sha256,
+            "checkpoint_step": self.checkpoint_step, "vocab_size": self.vocab_size, "arrays": dict(self.arrays)}
+
+  @classmethod
+  def from_json(cls, raw: dict, where: str) -> "Manifest":
+    if raw.get("format") != FORMAT or raw.get("version") != VERSION:
+      raise UserError(f"{where}: not a {FORMAT} v{VERSION} manifest (format {raw.get('format')!r}, "
+                      f"version {raw.get('version')!r}); re-export with `scone-jax export`")
+    try:
+      lay = L.Layout(**{f.name: raw[f.name] for f in dataclasses.fields(L.Layout)})
+      return cls(lay, raw["checkpoint_sha256"], raw["fgrams_sha256"], int(raw["checkpoint_step"]),
+                 int(raw["vocab_size"]), dict(raw["arrays"]))
+    except (KeyError, TypeError) as e:
+      raise UserError(f"{where}: malformed manifest ({e!r}); re-export with `scone-jax export`") from e
+
+  @property
+  def identity(self) -> Identity:
+    lay = self.layout
+    return Identity(self.checkpoint_sha256, self.fgrams_sha256, lay.num_rows, lay.dim, lay.max_n)
+
+
+def read(kv, url: str) -> Manifest | None:
+  """The store's manifest, or None when there is none (an unfinished or empty store)."""
+  try:
+    raw = L.read_json(kv, L.MANIFEST)
+  except ValueError as e:
+    raise UserError(f"{url}/{L.MANIFEST} is not valid JSON ({e}); re-export with `scone-jax export --restart`") from e
+  return None if raw is None else Manifest.from_json(raw, f"{url}/{L.MANIFEST}")
+
+
+def require(kv, url: str) -> Manifest:
+  manifest = read(kv, url)
+  if manifest is None:
+    raise UserError(f"store {url!r} has no {L.MANIFEST}: it is not a finished export (run or resume "
+                    "`scone-jax export --workdir RUN --out STORE`)")
+  return manifest
+
+
+def check(manifest: Manifest, expected: Identity, url: str) -> None:
+  """Refuses a store made from another checkpoint or f-gram file (one line saying which)."""
+  got = manifest.identity
+  if got.checkpoint_sha256 != expected.checkpoint_sha256:
+    raise UserError(f"store {url!r} was exported from another checkpoint (parameters sha256 "
+                    f"{got.checkpoint_sha256[:12]}..., this run's {expected.checkpoint_sha256[:12]}...): "
+                    "re-export it from this run with `scone-jax export`")
+  if got.fgrams_sha256 != expected.fgrams_sha256:
+    raise UserError(f"store {url!r} was exported with another fgrams.parquet (sha256 "
+                    f"{got.fgrams_sha256[:12]}..., this run's {expected.fgrams_sha256[:12]}...): re-export it")
+  for field in ("num_rows", "dim", "max_n"):
+    if getattr(got, field) != getattr(expected, field):
+      raise UserError(f"store {url!r} has {field}={getattr(got, field)} but this run needs "
+                      f"{getattr(expected, field)}: re-export it")

@@ -1,0 +1,99 @@
+"""A trained run restored for inference (export, eval --store, generate), and its identity.
+
+`load_run` rebuilds the experiment from RUN/config.gin (as `scone-jax eval` does) and restores
+the newest (or a chosen) checkpoint onto a mesh of the given devices. `params_sha256` is the
+checkpoint identity a store's manifest records: the sha256 over every parameter (sorted by path:
+path, dtype, shape, little-endian bytes). The same function runs at export and at load.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+import numpy as np
+
+from scone_jax.errors import UserError
+
+
+@dataclasses.dataclass
+class LoadedRun:
+  workdir: str
+  exp: object        # scone_jax.experiment.Experiment
+  trainer: object    # scone_jax.train.state.Trainer (its mesh is where params live)
+  params: dict       # pure dict of parameter arrays
+  step: int
+
+  @property
+  def is_scone(self) -> bool:
+    return self.exp.fgram_vocab is not None
+
+  def identity(self):
+    """What a store exported from this run records (export.manifest.Identity)."""
+    from scone_jax.export.manifest import Identity
+    if not self.is_scone:
+      raise UserError(f"run {self.workdir!r} is not a SCONE run (ModelConfig.embedding="
+                      f"{self.exp.model.embedding!r}): it has no f-gram table to export or read")
+    vocab = self.exp.fgram_vocab
+    return Identity(params_sha256(self.params), fgrams_sha256(self.exp), len(vocab),
+                    self.exp.model.d_model, vocab.meta.max_n)
+
+
+def fgrams_sha256(exp) -> str:
+  meta = exp.fgram_vocab.meta
+  if meta.parquet_sha256:
+    return meta.parquet_sha256
+  from scone_jax.fgram.vocab import PARQUET, _sha256
+  return _sha256(os.path.join(exp.fgram.fgram_dir, PARQUET))
+
+
+def load_run(workdir: str, *, step: int | None = None, devices=None, data_dir: str | None = None,
+             mesh_config=None) -> LoadedRun:
+  """Restores RUN's checkpoint. devices: where the parameters go (default: all); mesh_config:
+  the mesh over them (default: the run's own mesh when it fits those devices, else pure data
+  parallelism)."""
+  import jax
+  from scone_jax import experiment, parallel
+  from scone_jax.config import MeshConfig
+  from scone_jax.train.checkpoint import Checkpoints
+  from scone_jax.train.state import Trainer
+  config_path = os.path.join(workdir, "config.gin")
+  if not os.path.isfile(config_path):
+    raise UserError(f"{config_path!r} does not exist: --workdir must be a run directory written by `scone-jax train`")
+  exp = experiment.load([config_path], [], data_dir=data_dir)
+  devices = list(devices if devices is not None else jax.devices())
+  if mesh_config is None:
+    mesh_config = exp.mesh
+    try:
+      parallel.resolve_mesh_shape(mesh_config, len(devices))
+    except UserError:
+      mesh_config = MeshConfig(data=-1, fsdp=1, tensor=1)
+  mesh = parallel.make_mesh(mesh_config, devices)
+  trainer = Trainer(exp.model, exp.train, mesh, exp.build_model)
+  ckpt = Checkpoints(workdir, exp.train, read_only=True)
+  try:
+    step = step if step is not None else ckpt.latest_step()
+    if step is None:
+      raise UserError(f"no checkpoint in {ckpt.directory!r}: train first")
+    if step not in ckpt.manager.all_steps():
+      raise UserError(f"no checkpoint of step {step} in {ckpt.directory!r} (have {sorted(ckpt.manager.all_steps())})")
+    state = ckpt.restore(step, trainer.abstract_state())
+  finally:
+    ckpt.close()
+  return LoadedRun(os.path.abspath(workdir), exp, trainer, state.params, int(step))
+
+
+def params_sha256(params: dict) -> str:
+  """sha256 identifying a set of parameters: independent of the mesh they are sharded over."""
+  import jax
+  from jax.experimental import multihost_utils
+  digest = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      leaf = multihost_utils.process_allgather(leaf, tiled=True)
+    value = np.ascontiguousarray(np.asarray(leaf))
+    value = value.astype(value.dtype.newbyteorder("<"), copy=False)
+    digest.update(f"{jax.tree_util.keystr(path)}|{value.dtype.name}|{value.shape}|".encode())
+    digest.update(memoryview(value.reshape(-1).view(np.uint8)))
+  return digest.hexdigest()

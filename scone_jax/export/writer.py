@@ -1,0 +1,287 @@
+"""`scone-jax export`: A_f over every f-gram, once, into a zarr v3 store (METHODS.md 1.5).
+
+The rows are cut into blocks of `rows_per_shard` f-grams, one shard file per block (layout.py).
+Pending blocks are dealt round-robin to the processes; at each step every process runs A_f on its
+block (in `batch_rows` pieces) as one jitted call over the whole mesh (rows split over the batch
+axes, each process feeding the f-grams of its own block), and then writes only its own block —
+so no two processes ever touch one shard file. Writing and hashing run on a thread pool while the
+next block computes. After a block is committed, a marker `progress/block-N.json` with its hashes
+is written; a rerun skips every marked block (resume), `--restart` deletes the store first.
+`manifest.json` is written last, by process 0, once every block is marked: an interrupted
+export never leaves a store that looks complete.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from scone_jax.errors import UserError
+from scone_jax.export import layout as L
+from scone_jax.export import manifest as M
+
+# (tokens [n, K] int32, lengths [n] int32) of this process's rows -> (rows [n, d] stored dtype,
+# scales [n] float32 or None)
+RowsFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+PENDING_WRITES = 4  # blocks written in the background while the next one computes
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--workdir", required=True, help="a SCONE run directory written by `scone-jax train`")
+  p.add_argument("--out", required=True, help="the store: a directory, or a tensorstore kvstore URL "
+                 "(file:///dir/, gs://bucket/dir/, memory://)")
+  p.add_argument("--dtype", default="float32", choices=L.DTYPES, help="stored dtype; int8 adds a per-row scale")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+  p.add_argument("--rows_per_shard", type=int, default=0, help="f-grams per shard file / block (0 = about 32 MiB)")
+  p.add_argument("--batch_rows", type=int, default=0, help="f-grams per process per A_f call (0 = a whole block)")
+  p.add_argument("--restart", action="store_true", help="delete the store and start over instead of resuming")
+  p.add_argument("--stop_after_blocks", type=int, default=None,
+                 help="stop after this many blocks per process (the export resumes later)")
+  p.add_argument("--progress", action="store_true", help="show progress even when stderr is not a TTY")
+  p.add_argument("--coordinator_address", default=None, help="multi-host: HOST:PORT of process 0")
+  p.add_argument("--num_processes", type=int, default=None)
+  p.add_argument("--process_id", type=int, default=None)
+
+
+def run(args) -> int:
+  from scone_jax import parallel
+  parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+  import jax
+  from scone_jax.export.run import load_run
+  run_ = load_run(args.workdir, step=args.step)
+  identity = run_.identity()
+  vocab = run_.exp.fgram_vocab
+  rows_per_shard = args.rows_per_shard or L.default_rows_per_shard(len(vocab), identity.dim, args.dtype)
+  if rows_per_shard < 1 or rows_per_shard & (rows_per_shard - 1):
+    raise UserError(f"--rows_per_shard {rows_per_shard} must be a power of two")
+  batch_rows = args.batch_rows or rows_per_shard
+  if rows_per_shard % batch_rows:
+    raise UserError(f"--batch_rows {batch_rows} must divide --rows_per_shard {rows_per_shard}")
+  layout = L.Layout(len(vocab), identity.dim, identity.max_n, args.dtype, rows_per_shard,
+                    L.inner_rows_for(identity.dim, args.dtype, rows_per_shard))
+  tokens, lengths = fgram_token_matrix(vocab)
+  rows_fn = AfRows(run_.trainer, run_.params, args.dtype)
+  show = jax.process_index() == 0 and (args.progress or sys.stderr.isatty())
+  summary = export_table(args.out, layout, tokens, lengths, rows_fn, identity, step=run_.step,
+                         vocab_size=run_.exp.model.vocab_size, restart=args.restart, batch_rows=batch_rows,
+                         stop_after_blocks=args.stop_after_blocks, progress=show)
+  if jax.process_index() == 0:
+    if summary["already_complete"]:
+      print(f"{args.out}: already a complete export of this checkpoint ({layout.num_rows:,} rows, {args.dtype})")
+    elif summary["complete"]:
+      print(f"exported {layout.num_rows:,} f-gram embeddings x {layout.dim} ({args.dtype}) to {args.out}: "
+            f"{summary['blocks_written']} blocks written, {summary['blocks_skipped']} resumed, "
+            f"{summary['seconds']:.1f} s, {summary['bytes_written'] / max(summary['seconds'], 1e-9) / 1e6:.1f} MB/s")
+    else:
+      print(f"stopped after {summary['blocks_written']} blocks: {args.out} is incomplete (no manifest); "
+            "rerun the same command to resume")
+  return 0
+
+
+def fgram_token_matrix(vocab) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens int32 [S, K] right-padded with -1, lengths int32 [S]) of every f-gram, in id order."""
+  k = vocab.meta.max_n
+  lengths = vocab.lengths.astype(np.int32)
+  tokens = np.full((len(vocab), k), -1, np.int32)
+  cols = np.arange(k)
+  mask = cols[None, :] < lengths[:, None]
+  tokens[mask] = vocab.flat[(vocab.offsets[:-1, None] + cols[None, :])[mask]]
+  return tokens, lengths
+
+
+def to_store_dtype(rows_f32, dtype: str):
+  """float32 rows [n, d] -> (rows in the stored dtype, float32 scales [n] for int8 else None).
+  int8: scale = max|row| / 127, q = round(row / scale) (0 where the row is all zero)."""
+  import jax.numpy as jnp
+  if dtype != "int8":
+    return rows_f32.astype(jnp.dtype(L.numpy_dtype(dtype))), None
+  scale = jnp.max(jnp.abs(rows_f32), axis=-1) / 127.0
+  safe = jnp.where(scale > 0, scale, 1.0)
+  q = jnp.clip(jnp.round(rows_f32 / safe[:, None]), -127, 127).astype(jnp.int8)
+  return q, scale
+
+
+class AfRows:
+  """A_f of a restored run as a RowsFn: one jitted call over the trainer's mesh per batch, the
+  global batch assembled from every process's rows, each process getting its own rows back."""
+
+  def __init__(self, trainer, params, dtype: str):
+    import jax
+    from jax.sharding import NamedSharding
+    from scone_jax import parallel
+    self.trainer, self.params, self.dtype = trainer, params, dtype
+    mesh = trainer.mesh
+    self.row2d = NamedSharding(mesh, parallel.logical_to_spec(("unique_fgrams", None)))
+    self.row1d = NamedSharding(mesh, parallel.logical_to_spec(("unique_fgrams",)))
+
+    def rows(params, tokens_UxK, lengths_U):
+      model = trainer.model(params)
+      emb = model.input_embedding.fgram_embeddings(model, tokens_UxK, lengths_U)
+      return to_store_dtype(emb.astype("float32"), dtype)
+
+    out_shardings = (self.row2d, self.row1d if dtype == "int8" else None)
+    self._fn = jax.jit(rows, in_shardings=(trainer.param_shardings, self.row2d, self.row1d),
+                       out_shardings=out_shardings)
+
+  def __call__(self, tokens: np.ndarray, lengths: np.ndarray):
+    import jax
+    n = len(tokens)
+    local_devices = self.trainer.batch_devices // jax.process_count()
+    if n % max(local_devices, 1):
+      raise UserError(f"{n} f-grams per process per call do not split over this process's {local_devices} "
+                      "batch devices: pick --rows_per_shard / --batch_rows divisible by it")
+    total = n * jax.process_count()
+    tok = jax.make_array_from_process_local_data(self.row2d, tokens, (total, tokens.shape[1]))
+    ln = jax.make_array_from_process_local_data(self.row1d, lengths, (total,))
+    with jax.set_mesh(self.trainer.mesh):
+      rows, scales = self._fn(self.params, tok, ln)
+    return _local_rows(rows, n), None if scales is None else _local_rows(scales, n)
+
+
+def _local_rows(array, n: int) -> np.ndarray:
+  """This process's contiguous rows of a row-sharded global array, in order."""
+  pieces = {}
+  for shard in array.addressable_shards:
+    pieces.setdefault(shard.index[0].start or 0, shard.data)
+  starts = sorted(pieces)
+  out = np.concatenate([np.asarray(pieces[s]) for s in starts])
+  assert len(out) == n and starts[0] + n == (starts[-1] + len(pieces[starts[-1]])), "rows not contiguous"
+  return out
+
+
+def _barrier(name: str) -> None:
+  import jax
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def _progress(show: bool, total: int):
+  if not show:
+    return None
+  from rich.console import Console
+  from rich import progress as rp
+  bar = rp.Progress(rp.TextColumn("export"), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TextColumn("blocks"),
+                    rp.TimeElapsedColumn(), rp.TimeRemainingColumn(), console=Console(stderr=True))
+  bar.start()
+  bar.add_task("export", total=total)
+  return bar
+
+
+def export_table(url: str, layout: L.Layout, tokens: np.ndarray, lengths: np.ndarray, rows_fn: RowsFn,
+                 identity: M.Identity, *, step: int = 0, vocab_size: int = 0, restart: bool = False,
+                 batch_rows: int = 0, stop_after_blocks: int | None = None, progress: bool = False) -> dict:
+  """Writes (or resumes, or restarts) the store at `url`; returns a summary dict
+  {complete, already_complete, blocks_written, blocks_skipped, bytes_written, seconds}."""
+  import jax
+  t0 = time.perf_counter()
+  pid, nproc = jax.process_index(), jax.process_count()
+  batch_rows = batch_rows or layout.rows_per_shard
+  kv = L.open_root(url)
+  config = {"layout": layout.to_json(), "identity": dataclasses.asdict(identity), "checkpoint_step": step,
+            "vocab_size": vocab_size}
+  summary = dict(complete=False, already_complete=False, blocks_written=0, blocks_skipped=0, bytes_written=0)
+  existing = M.read(kv, url)
+  progress_config = L.read_json(kv, L.PROGRESS_CONFIG)
+  ours = existing is not None or progress_config is not None
+  if not ours and kv.list().result():
+    raise UserError(f"store {url!r} is not empty and holds no scone-jax export: pick an empty or new --out")
+  _barrier("export-inspect")
+  if restart and ours:
+    if pid == 0:
+      L.delete_all(kv)
+    existing = progress_config = None
+  elif existing is not None:
+    if existing.identity == identity and existing.layout == layout:
+      return {**summary, "complete": True, "already_complete": True, "seconds": time.perf_counter() - t0}
+    raise UserError(f"store {url!r} holds a finished export of another checkpoint, f-gram file or layout "
+                    "(dtype, rows_per_shard): pass --restart to overwrite it, or pick another --out")
+  elif progress_config is not None and progress_config != config:
+    raise UserError(f"store {url!r} holds an unfinished export with other settings (checkpoint, f-grams, "
+                    "dtype or rows_per_shard): pass --restart to start over")
+  if pid == 0 and progress_config is None:
+    L.create_arrays(url, layout)
+    L.write_json(kv, L.PROGRESS_CONFIG, config)
+  _barrier("export-created")
+  arrays = L.open_arrays(url, layout.arrays())
+  done = L.finished_blocks(kv)
+  _barrier("export-listed")   # every process sees the same finished blocks before any new marker
+  pending = [b for b in range(layout.num_blocks) if b not in done]
+  mine = pending[pid::nproc]
+  steps = -(-len(pending) // nproc)
+  if stop_after_blocks is not None:
+    steps = min(steps, stop_after_blocks)
+  summary["blocks_skipped"] = len(done)
+  bar = _progress(progress, len(pending))
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=PENDING_WRITES)
+  writes: collections.deque = collections.deque()
+  try:
+    for i in range(steps):
+      block = mine[i] if i < len(mine) else None
+      lo, hi = layout.block_rows(block) if block is not None else (0, 0)
+      # Every process makes the same calls (collectives); one without a block feeds padding.
+      block_tokens = np.zeros((layout.rows_per_shard, layout.max_n), np.int32)
+      block_lengths = np.full(layout.rows_per_shard, 2, np.int32)
+      block_tokens[:hi - lo], block_lengths[:hi - lo] = tokens[lo:hi], lengths[lo:hi]
+      parts = [rows_fn(block_tokens[j:j + batch_rows], block_lengths[j:j + batch_rows])
+               for j in range(0, layout.rows_per_shard, batch_rows)]
+      if block is None:
+        continue
+      rows = np.concatenate([p[0] for p in parts])[:hi - lo]
+      scales = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])[:hi - lo]
+      while len(writes) >= PENDING_WRITES:
+        summary["bytes_written"] += writes.popleft().result()
+        if bar:
+          bar.advance(0, nproc)
+      writes.append(pool.submit(_write_block, kv, arrays, layout, block, rows, scales, tokens[lo:hi], pid))
+    while writes:
+      summary["bytes_written"] += writes.popleft().result()
+      if bar:
+        bar.advance(0, nproc)
+  finally:
+    pool.shutdown(wait=True)
+    if bar:
+      bar.stop()
+  summary["blocks_written"] = min(steps, len(mine))
+  _barrier("export-written")
+  if pid == 0 and len(L.finished_blocks(kv)) == layout.num_blocks:
+    write_manifest(kv, url, layout, identity, step, vocab_size)
+  _barrier("export-manifest")
+  summary["complete"] = M.read(kv, url) is not None
+  summary["seconds"] = time.perf_counter() - t0
+  return summary
+
+
+def _write_block(kv, arrays: dict, layout: L.Layout, block: int, rows: np.ndarray, scales, tokens,
+                 process: int) -> int:
+  """Writes one block's rows, waits for the commit, then records the block's marker. Returns the
+  bytes written."""
+  lo, hi = layout.block_rows(block)
+  data = {"embeddings": rows, "fgram_tokens": tokens}
+  if scales is not None:
+    data["scales"] = scales
+  futures = [arrays[name][lo:hi].write(value) for name, value in data.items()]
+  hashes = {name: L.sha256_of(value) for name, value in data.items()}  # while tensorstore writes
+  for f in futures:
+    f.result()
+  L.write_json(kv, L.block_key(block), {"block": block, "rows": [lo, hi], "sha256": hashes, "process": process})
+  return sum(v.nbytes for v in data.values())
+
+
+def write_manifest(kv, url: str, layout: L.Layout, identity: M.Identity, step: int, vocab_size: int) -> M.Manifest:
+  """Checks that every block is marked, then writes manifest.json (the last key of an export)."""
+  markers = L.finished_blocks(kv)
+  missing = [b for b in range(layout.num_blocks) if b not in markers]
+  if missing:
+    raise UserError(f"store {url!r}: blocks {missing[:5]} are not written; rerun the export to finish them")
+  arrays = {name: L.combine_hashes([markers[b]["sha256"][name] for b in range(layout.num_blocks)])
+            for name in layout.arrays()}
+  manifest = M.Manifest(layout, identity.checkpoint_sha256, identity.fgrams_sha256, step, vocab_size, arrays)
+  L.write_json(kv, L.MANIFEST, manifest.to_json())
+  return manifest

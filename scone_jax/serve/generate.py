@@ -1,0 +1,93 @@
+"""`scone-jax generate`: complete prompts with a trained run, its f-gram rows from a store.
+
+  --store STORE   SCONE: rows of the exported table (scone-jax export), read from the --tier
+                  ram (whole table in host memory), disk (tensorstore reads, bounded cache) or
+                  remote (the same reader, any kvstore URL)
+  --store none    SCONE: f-gram embeddings computed with A_f from the checkpoint (the default);
+                  the only choice for a baseline run
+Prompts are tokenized with the run's DATA/vocab.model; each is decoded after a BOS, several at
+once as one batch, until EOS or --max_new_tokens. Output: the completion text, or with --format
+json {"tokens": [completion ids], "text": completion} (a list of those for several prompts).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from scone_jax.errors import UserError
+from scone_jax.serve.sampling import Sampling
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--workdir", required=True, help="a run directory written by `scone-jax train`")
+  p.add_argument("--store", default="none", help="f-gram store (SCONE runs; a path or kvstore URL), or "
+                 "'none' = compute f-gram embeddings with A_f")
+  p.add_argument("--tier", default="ram", choices=("ram", "disk", "remote"), help="how the store is read")
+  p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
+  p.add_argument("--max_new_tokens", type=int, default=64)
+  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+  p.add_argument("--top_k", type=int, default=0, help="0 = off")
+  p.add_argument("--top_p", type=float, default=1.0, help="1 = off")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+  p.add_argument("--data", default=None, help="data directory with vocab.model (default: the run's DATA_DIR)")
+  p.add_argument("--cache_mb", type=int, default=64, help="disk/remote tiers: tensorstore cache size")
+  p.add_argument("--format", default="text", choices=("text", "json"))
+
+
+def load_decoder(workdir: str, *, store: str | None = "none", tier: str = "ram", sampling: Sampling = Sampling(),
+                 seed: int = 0, step: int | None = None, data_dir: str | None = None,
+                 cache_bytes: int = 64 << 20):
+  """(Decoder, LoadedRun): the run's checkpoint on one device, with the features its embedding
+  needs (baseline: tokens; SCONE: rows from `store`, or A_f when store is none)."""
+  import jax
+  from scone_jax.config import MeshConfig
+  from scone_jax.export.run import load_run
+  from scone_jax.serve import lookup
+  from scone_jax.serve.decode import Decoder
+  from scone_jax.serve.store import open_store
+  run = load_run(workdir, step=step, devices=jax.devices()[:1], data_dir=data_dir,
+                 mesh_config=MeshConfig(data=1, fsdp=1, tensor=1))
+  use_store = store not in (None, "", "none")
+  if not run.is_scone:
+    if use_store:
+      raise UserError(f"run {workdir!r} is a baseline run (no f-grams): drop --store or pass --store none")
+    features = lookup.TokenFeatures()   # also STEM with its tables on the device: layers index them by token
+    if run.exp.ngram_layout is not None:   # LongCat: the hashed table rows of every new token
+      from scone_jax.serve.table_features import NgramFeatures
+      features = NgramFeatures(run.exp.ngram_layout)
+  elif use_store:
+    features = lookup.StoreFeatures(open_store(store, tier, expected=run.identity(), cache_bytes=cache_bytes))
+  else:
+    features = lookup.FgramModelFeatures(run.exp.fgram_vocab)
+  decoder = Decoder(run.trainer.model, run.params, run.exp.model, features, sampling, seed=seed)
+  return decoder, run
+
+
+def run(args) -> int:
+  from scone_jax.data.tokenizer import Tokenizer
+  if args.max_new_tokens < 1:
+    raise UserError(f"--max_new_tokens {args.max_new_tokens} must be at least 1")
+  sampling = Sampling(args.temperature, args.top_k, args.top_p).validate()
+  decoder, run_ = load_decoder(args.workdir, store=args.store, tier=args.tier, sampling=sampling, seed=args.seed,
+                               step=args.step, data_dir=args.data, cache_bytes=args.cache_mb << 20)
+  data_dir = run_.exp.data.data_dir
+  vocab_path = os.path.join(data_dir, "vocab.model")
+  if not os.path.isfile(vocab_path):
+    raise UserError(f"{vocab_path!r} does not exist: the run's data has no tokenizer (pass --data DATA "
+                    "written by `scone-jax prepare`)")
+  tokenizer = Tokenizer(vocab_path, flag="vocab.model")
+  meta = run_.exp.data_meta
+  prompts = [tokenizer.encode(text) for text in args.prompt]
+  max_len = max(len(p) for p in prompts) + 1 + args.max_new_tokens
+  if max_len > run_.exp.model.max_seq_len:
+    raise UserError(f"prompt plus --max_new_tokens is {max_len} tokens, more than the model supports "
+                    f"(ModelConfig.max_seq_len={run_.exp.model.max_seq_len})")
+  completions = decoder.generate(prompts, max_new_tokens=args.max_new_tokens, bos_id=meta.bos_id, eos_id=meta.eos_id)
+  results = [{"tokens": ids, "text": tokenizer.decode(ids)} for ids in completions]
+  if args.format == "json":
+    print(json.dumps(results[0] if len(results) == 1 else results))
+  else:
+    print("\n---\n".join(r["text"] for r in results))
+  return 0

@@ -1,0 +1,172 @@
+"""`scone-jax export`: the store holds A_f of every f-gram (each computed alone as the reference),
+in every dtype; zarr-python reads what tensorstore wrote; an interrupted export is incomplete,
+resumes and equals an uninterrupted one; the in-memory kvstore works; 2 processes write the same
+store as 1; stores of another checkpoint or f-gram file, or without a manifest, are refused."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorstore as ts
+import zarr
+
+from scone_jax.cli import main
+from scone_jax.errors import UserError
+from scone_jax.export import layout as L
+from scone_jax.export.run import load_run, params_sha256
+from scone_jax.export.writer import AfRows, export_table, fgram_token_matrix
+from scone_jax.serve.store import open_store
+from tests.helpers import make_data, tiny_bindings
+from tests.test_multihost import _free_port, _run_all
+
+ROWS_PER_SHARD = 64   # 150 f-grams: 3 blocks, the last one partial
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  from scone_jax import experiment
+  from scone_jax.fgram.build import build
+  from scone_jax.train import loop
+  tmp = tmp_path_factory.mktemp("export")
+  data, _ = make_data(str(tmp / "data"), docs=150)
+  build(data, str(tmp / "fg"), max_n=3, size=150, min_count=2)
+  bindings = tiny_bindings(data, 4) + [f"FGRAM_DIR = '{tmp}/fg'", "TrainConfig.checkpoint_every = 2"]
+  loop.train(experiment.load(["runs/tiny_scone_mesh8.gin"], bindings), str(tmp / "run"), quiet=True)
+  workdir = str(tmp / "run")
+  store = str(tmp / "store_f32")
+  assert main(["export", "--workdir", workdir, "--out", store, "--rows_per_shard", str(ROWS_PER_SHARD)]) == 0
+  return {"tmp": tmp, "workdir": workdir, "store": store, "loaded": load_run(workdir)}
+
+
+def _read(url: str, name: str) -> np.ndarray:
+  return ts.open(L.array_spec(url, name), context=L.shared_context()).result().read().result()
+
+
+def _reference_table(loaded) -> np.ndarray:
+  """A_f of each f-gram on its own, unpadded: [S, d] float32."""
+  model = loaded.trainer.model(jax.device_get(loaded.params))
+  fn = jax.jit(lambda toks: model.input_embedding.fgram_embeddings(model, toks, jnp.array([toks.shape[1]])))
+  return np.stack([np.asarray(fn(np.array([g], np.int32)))[0] for g in loaded.exp.fgram_vocab.as_tuples()])
+
+
+def test_export_holds_af_of_every_fgram_and_zarr_reads_it(run):
+  loaded = run["loaded"]
+  vocab = loaded.exp.fgram_vocab
+  table = _read(run["store"], "embeddings")
+  np.testing.assert_allclose(table, _reference_table(loaded), rtol=1e-5, atol=1e-6)
+  tokens = _read(run["store"], "fgram_tokens")
+  assert [tuple(int(t) for t in row if t >= 0) for row in tokens] == vocab.as_tuples()
+  group = zarr.open_group(run["store"], mode="r")
+  np.testing.assert_array_equal(group["embeddings"][:], table)
+  np.testing.assert_array_equal(group["fgram_tokens"][:], tokens)
+  with open(os.path.join(run["store"], "manifest.json")) as f:
+    manifest = json.load(f)
+  assert (manifest["dtype"], manifest["num_rows"], manifest["dim"], manifest["max_n"]) == ("float32", 150, 32, 3)
+  assert manifest["fgrams_sha256"] == vocab.meta.parquet_sha256
+  assert manifest["checkpoint_sha256"] == params_sha256(loaded.params) and manifest["checkpoint_step"] == 4
+  assert manifest["arrays"]["embeddings"] == L.array_sha256(table, ROWS_PER_SHARD)
+  assert sorted(os.listdir(os.path.join(run["store"], "embeddings", "c"))) == ["0", "1", "2"]   # one shard a block
+  assert open_store(run["store"], "ram", expected=loaded.identity()).layout.num_rows == 150
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "int8"])
+def test_every_dtype_is_the_float32_table_converted(run, dtype):
+  loaded = run["loaded"]
+  url = str(run["tmp"] / f"store_{dtype}")
+  tokens, lengths = fgram_token_matrix(loaded.exp.fgram_vocab)
+  lay = L.Layout(150, 32, 3, dtype, ROWS_PER_SHARD, L.inner_rows_for(32, dtype, ROWS_PER_SHARD))
+  assert export_table(url, lay, tokens, lengths, AfRows(loaded.trainer, loaded.params, dtype), loaded.identity())["complete"]
+  full = _read(run["store"], "embeddings")
+  stored = _read(url, "embeddings")
+  L.register_zarr_bfloat16()
+  group = zarr.open_group(url, mode="r")
+  np.testing.assert_array_equal(group["embeddings"][:].view(np.uint8), stored.view(np.uint8))
+  rows = open_store(url, "disk", expected=loaded.identity()).fetch(np.array([0, 7, 149])).result()
+  if dtype == "int8":
+    scales = _read(url, "scales")
+    np.testing.assert_array_equal(group["scales"][:], scales)
+    np.testing.assert_allclose(scales, np.abs(full).max(axis=1) / 127, rtol=1e-6)
+    assert np.all(np.abs(stored.astype(np.float32) * scales[:, None] - full) <= scales[:, None] * 0.5 + 1e-6)
+    np.testing.assert_allclose(rows, stored[[0, 7, 149]].astype(np.float32) * scales[[0, 7, 149], None], rtol=1e-6)
+  else:
+    assert stored.dtype == L.numpy_dtype(dtype)
+    np.testing.assert_allclose(stored.astype(np.float32), full, rtol=2.0 ** -(8 if dtype == "bfloat16" else 11))
+    np.testing.assert_array_equal(rows.view(np.uint8), stored[[0, 7, 149]].view(np.uint8))
+
+
+def test_memory_and_file_url_kvstores(run):
+  loaded = run["loaded"]
+  url = "memory://test_export/store/"
+  assert main(["export", "--workdir", run["workdir"], "--out", url, "--rows_per_shard", str(ROWS_PER_SHARD)]) == 0
+  want = _read(run["store"], "embeddings")
+  for tier, where in (("ram", url), ("remote", url), ("remote", "file://" + run["store"])):
+    store = open_store(where, tier, expected=loaded.identity())
+    np.testing.assert_array_equal(store.fetch(np.arange(150)).result(), want)
+
+
+def test_interrupted_export_is_incomplete_then_resumes(run, capsys):
+  loaded = run["loaded"]
+  url = str(run["tmp"] / "store_resumed")
+  cmd = ["export", "--workdir", run["workdir"], "--out", url, "--rows_per_shard", str(ROWS_PER_SHARD)]
+  assert main(cmd + ["--stop_after_blocks", "1"]) == 0
+  assert "incomplete" in capsys.readouterr().out
+  assert not os.path.exists(os.path.join(url, "manifest.json"))
+  assert len(os.listdir(os.path.join(url, "progress"))) == 2   # config + one block
+  with pytest.raises(UserError, match="no manifest.json"):
+    open_store(url, "disk", expected=loaded.identity())
+  assert main(cmd[:-2] + ["--rows_per_shard", "128"]) == 2   # other settings: refused, not mixed
+  assert "--restart" in capsys.readouterr().err
+  assert main(cmd) == 0
+  assert "2 blocks written, 1 resumed" in capsys.readouterr().out
+  for name in ("embeddings", "fgram_tokens"):
+    np.testing.assert_array_equal(_read(url, name), _read(run["store"], name))
+  with open(os.path.join(url, "manifest.json")) as a, open(os.path.join(run["store"], "manifest.json")) as b:
+    assert json.load(a) == json.load(b)
+  assert main(cmd) == 0
+  assert "already a complete export" in capsys.readouterr().out
+  assert main(cmd + ["--dtype", "float16"]) == 2   # a finished store of other settings needs --restart
+  assert main(cmd + ["--dtype", "float16", "--restart"]) == 0
+  assert "3 blocks written, 0 resumed" in capsys.readouterr().out
+  assert _read(url, "embeddings").dtype == np.float16
+
+
+def test_stores_of_another_checkpoint_or_fgram_file_are_refused(run, capsys):
+  loaded = run["loaded"]
+  url = str(run["tmp"] / "store_step2")
+  assert main(["export", "--workdir", run["workdir"], "--out", url, "--step", "2"]) == 0
+  assert main(["eval", "--workdir", run["workdir"], "--store", url, "--format", "json"]) == 2
+  assert "another checkpoint" in capsys.readouterr().err
+  other_fgrams = dataclasses.replace(loaded.identity(), fgrams_sha256="0" * 64)
+  with pytest.raises(UserError, match="another fgrams.parquet"):
+    open_store(run["store"], "ram", expected=other_fgrams)
+  foreign = run["tmp"] / "not_a_store"
+  foreign.mkdir()
+  (foreign / "notes.txt").write_text("mine")
+  assert main(["export", "--workdir", run["workdir"], "--out", str(foreign), "--restart"]) == 2
+  assert (foreign / "notes.txt").exists()
+
+
+def test_two_processes_write_the_store_one_process_writes(run):
+  """2 processes x 4 CPU devices on the run's (data 2, fsdp 2, tensor 2) mesh, each writing its
+  own blocks, produce the single-process store."""
+  url = str(run["tmp"] / "store_2proc")
+  port = _free_port()
+  cmd = [sys.executable, "-m", "scone_jax.cli", "export", "--workdir", run["workdir"], "--out", url,
+         "--rows_per_shard", str(ROWS_PER_SHARD), "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2"]
+  _run_all([(cmd + ["--process_id", str(i)], 4, str(run["tmp"] / f"export_{i}.log")) for i in range(2)])
+  with open(os.path.join(url, "manifest.json")) as a, open(os.path.join(run["store"], "manifest.json")) as b:
+    got, want = json.load(a), json.load(b)
+  assert got["checkpoint_sha256"] == want["checkpoint_sha256"]
+  np.testing.assert_allclose(_read(url, "embeddings"), _read(run["store"], "embeddings"), rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(_read(url, "fgram_tokens"), _read(run["store"], "fgram_tokens"))
+  markers = [json.loads((run["tmp"] / "store_2proc" / "progress" / f).read_text())
+             for f in sorted(os.listdir(os.path.join(url, "progress"))) if f.startswith("block-")]
+  assert [m["rows"] for m in markers] == [[0, 64], [64, 128], [128, 150]]
+  assert [m["process"] for m in markers] == [0, 1, 0]   # pending blocks dealt round-robin

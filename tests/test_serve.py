@@ -1,0 +1,142 @@
+"""Serving a SCONE run trained on a small real corpus: the store tiers return the stored rows; the
+decode-time lookup finds the brute-force longest match; `eval --store` equals `eval --store none`;
+`scone-jax generate` gives the same greedy text from the RAM tier, the disk tier and A_f."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from scone_jax.cli import main
+from scone_jax.data.tokenizer import Tokenizer
+from scone_jax.errors import UserError
+from scone_jax.export.run import load_run
+from scone_jax.serve.lookup import StoreFeatures, StoreRows
+from scone_jax.serve.store import RamStore, open_store
+
+WORDS = {"subject": ["the cat", "a dog", "my friend", "the old man", "a small bird", "the teacher"],
+         "verb": ["sat on", "looked at", "ran to", "jumped over", "walked past", "painted"],
+         "object": ["the mat", "the red house", "a big tree", "the river", "the garden wall", "a boat"]}
+PROMPTS = ["the cat sat on", "my friend looked at the red", "a small"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+  """prepare (a jsonl corpus) -> fgrams build -> train a tiny SCONE model -> export (float32)."""
+  tmp = tmp_path_factory.mktemp("serve")
+  rng = np.random.default_rng(0)
+  with open(tmp / "corpus.jsonl", "w") as f:
+    for _ in range(400):
+      sentences = [" ".join(rng.choice(WORDS[k]) for k in ("subject", "verb", "object")) + "."
+                   for _ in range(rng.integers(2, 7))]
+      f.write(json.dumps({"text": " ".join(sentences)}) + "\n")
+  data, fg, run, store = (str(tmp / n) for n in ("data", "fg", "run", "store"))
+  assert main(["prepare", "--input", str(tmp / "corpus.jsonl"), "--out", data, "--vocab_size", "300",
+               "--validation_fraction", "0.1"]) == 0
+  assert main(["fgrams", "build", "--data", data, "--max_n", "3", "--size", "300", "--min_count", "2", "--out", fg]) == 0
+  assert main(["train", "--gin_file", "runs/tiny_scone_cpu.gin", "--workdir", run, "--quiet", f"--gin.DATA_DIR='{data}'",
+               f"--gin.FGRAM_DIR='{fg}'", "--gin.TRAIN_STEPS=8", "--gin.DataConfig.seq_len=32",
+               "--gin.DataConfig.batch_size=8", "--gin.TrainConfig.eval_batches=1",
+               "--gin.ModelConfig.d_model=32", "--gin.ModelConfig.d_ff=64", "--gin.TrainConfig.learning_rate=1e-2"]) == 0
+  assert main(["export", "--workdir", run, "--out", store, "--rows_per_shard", "128"]) == 0
+  return {"tmp": tmp, "data": data, "run": run, "store": store, "loaded": load_run(run)}
+
+
+def test_every_tier_fetches_the_stored_rows(served):
+  loaded = served["loaded"]
+  ram = open_store(served["store"], "ram", expected=loaded.identity())
+  assert isinstance(ram, RamStore)
+  url = "memory://test_serve/store/"
+  assert main(["export", "--workdir", served["run"], "--out", url, "--rows_per_shard", "128"]) == 0
+  ids = np.random.default_rng(1).permutation(len(ram.embeddings))[:40]
+  for tier, where in (("disk", served["store"]), ("remote", url)):
+    store = open_store(where, tier, expected=loaded.identity(), cache_bytes=1 << 16)
+    np.testing.assert_array_equal(store.fetch(ids).result(), ram.embeddings[ids])
+    assert store.fetch(np.array([], np.int64)).result().shape == (0, 32)
+  # The eval feature: the batch's distinct f-grams, fetched once each, indexed per position.
+  fgram_id = np.array([[ids[0], -1, ids[1]], [ids[1], ids[0], -1]])
+  batch = StoreRows(ram, max_unique=8, offset=8)({"fgram_id": fgram_id})
+  index = batch["fgram_index"]
+  assert (index[fgram_id < 0] == -1).all()
+  np.testing.assert_array_equal(batch["unique_rows"][index[fgram_id >= 0] - 8], ram.embeddings[fgram_id[fgram_id >= 0]])
+
+
+def _brute_force_match(tokens: list[int], table: dict) -> int:
+  """Longest suffix of `tokens` (2..K tokens) in the f-gram table, by trying every length."""
+  best = -1
+  for n in range(2, min(len(tokens), max(map(len, table))) + 1):
+    best = table.get(tuple(tokens[-n:]), best)
+  return best
+
+
+def test_lookup_finds_the_brute_force_match(served):
+  loaded = served["loaded"]
+  vocab = loaded.exp.fgram_vocab
+  table = {g: r for r, g in enumerate(vocab.as_tuples())}
+  store = open_store(served["store"], "disk", expected=loaded.identity())
+  ram = open_store(served["store"], "ram", expected=loaded.identity())
+  features = StoreFeatures(store)
+  tok = Tokenizer(os.path.join(served["data"], "vocab.model"))
+  docs = [[2] + tok.encode(f"{s} {v} {o}. the cat") for s, v, o in zip(*WORDS.values())]
+  hits = 0
+  for end in range(1, min(map(len, docs))):
+    history = np.full((len(docs), 3), -1, np.int64)
+    for i, d in enumerate(docs):
+      tail = d[max(0, end - 2):end + 1]
+      history[i, 3 - len(tail):] = tail
+    got = features.step(history).result()
+    want = [_brute_force_match(d[:end + 1], table) for d in docs]
+    index = got["fgram_index"][:, 0]
+    assert list(np.where(index >= 0, 0, -1)) == [0 if w >= 0 else -1 for w in want]
+    for i, w in enumerate(want):
+      if w >= 0:
+        np.testing.assert_array_equal(got["unique_rows"][index[i]], ram.embeddings[w])
+        hits += 1
+  assert hits > 20
+  # A whole right-padded prompt batch at once.
+  width = max(map(len, docs))
+  padded = np.zeros((len(docs), width), np.int32)
+  valid = np.zeros_like(padded, bool)
+  for i, d in enumerate(docs):
+    padded[i, :len(d)], valid[i, :len(d)] = d, True
+  got = features.prompt(padded, valid).result()
+  for i, d in enumerate(docs):
+    for p in range(width):
+      w = _brute_force_match(d[:p + 1], table) if p < len(d) else -1
+      assert (got["fgram_index"][i, p] >= 0) == (w >= 0)
+      if w >= 0:
+        np.testing.assert_array_equal(got["unique_rows"][got["fgram_index"][i, p]], ram.embeddings[w])
+
+
+def _json_out(capsys, argv: list[str]):
+  assert main(argv) == 0, capsys.readouterr().err
+  return json.loads(capsys.readouterr().out)
+
+
+def test_eval_with_a_float32_store_equals_eval_with_af(served, capsys):
+  base = ["eval", "--workdir", served["run"], "--format", "json"]
+  with_af = _json_out(capsys, base + ["--store", "none"])
+  for tier in ("ram", "disk"):
+    with_store = _json_out(capsys, base + ["--store", served["store"], "--tier", tier])
+    assert with_store["tokens"] == with_af["tokens"] > 0
+    assert abs(with_store["perplexity"] / with_af["perplexity"] - 1) < 1e-5
+
+
+def test_generate_gives_the_same_greedy_text_from_every_source(served, capsys):
+  tok = Tokenizer(os.path.join(served["data"], "vocab.model"))
+  base = ["generate", "--workdir", served["run"], "--max_new_tokens", "12", "--format", "json"]
+  prompts = [a for p in PROMPTS for a in ("--prompt", p)]
+  outs = {source: _json_out(capsys, base + prompts + extra) for source, extra in (
+      ("none", ["--store", "none"]), ("ram", ["--store", served["store"], "--tier", "ram"]),
+      ("disk", ["--store", served["store"], "--tier", "disk"]))}
+  assert outs["ram"] == outs["none"] and outs["disk"] == outs["none"]
+  assert len(outs["none"]) == len(PROMPTS)
+  for r in outs["none"]:
+    assert 0 < len(r["tokens"]) <= 12 and r["text"] == tok.decode(r["tokens"])
+  sampled = _json_out(capsys, base + ["--prompt", PROMPTS[1], "--temperature", "1.0", "--top_k", "20",
+                                       "--top_p", "0.9", "--seed", "7"])
+  assert 0 < len(sampled["tokens"]) <= 12 and sampled["text"] == tok.decode(sampled["tokens"])
+  assert main(["generate", "--workdir", served["run"], "--prompt", "x", "--store", str(served["tmp"])]) == 2
+  assert "no manifest.json" in capsys.readouterr().err
