@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/scone-jax demo --out $(DEMO_DIR)
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 test-fast: install
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
