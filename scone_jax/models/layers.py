@@ -108,16 +108,17 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-  """SwiGLU: W_down(SiLU(W_gate x) * W_up x)."""
+  """SwiGLU: W_down(SiLU(W_gate x) * W_up x). With up_proj=False the up-projection is not a
+  parameter here: the caller gives it (STEM: a token-indexed table row)."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, names: AxisNames = MAIN_AXES, stack: int = 0,
-               d_model: int | None = None):
+               d_model: int | None = None, up_proj: bool = True):
     d, f = d_model or cfg.d_model, cfg.d_ff
     init = nnx.initializers.normal(cfg.init_std)
     out_init = nnx.initializers.normal(cfg.init_std / math.sqrt(2 * max(cfg.num_layers, 1)))
     kw = dict(stack=stack, stack_axis=names.layers)
     self.w_gate = param(rngs, init, (d, f), (names.embed, names.mlp), **kw)
-    self.w_up = param(rngs, init, (d, f), (names.embed, names.mlp), **kw)
+    self.w_up = param(rngs, init, (d, f), (names.embed, names.mlp), **kw) if up_proj else nnx.data(None)
     self.w_down = param(rngs, out_init, (f, d), (names.mlp, names.embed), **kw)
     self.dtype = jnp.dtype(cfg.dtype)
 
@@ -136,15 +137,18 @@ class Block(nnx.Module):
   """Pre-norm decoder block: x + Attn(norm(x)); x + MLP(norm(x))."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, names: AxisNames = MAIN_AXES, stack: int = 0,
-               d_model: int | None = None):
+               d_model: int | None = None, up_proj: bool = True):
     d = d_model or cfg.d_model
     kw = dict(names=names, stack=stack, d_model=d)
     self.attn_norm = RMSNorm(d, cfg.norm_eps, rngs, stack=stack, stack_axis=names.layers)
     self.attn = Attention(cfg, rngs, **kw)
     self.mlp_norm = RMSNorm(d, cfg.norm_eps, rngs, stack=stack, stack_axis=names.layers)
-    self.mlp = MLP(cfg, rngs, **kw)
+    self.mlp = MLP(cfg, rngs, up_proj=up_proj, **kw)
 
-  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, up_fn=None):
+    """up_fn: normed input [B, L, D] -> the MLP's up-projection [B, L, F], for blocks built with
+    up_proj=False (STEM); None = the block's own W_up."""
     x = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), positions_BxL, segment_ids_BxL)
-    x = x + self.mlp(self.mlp_norm(x))
+    h = self.mlp_norm(x)
+    x = x + self.mlp(h, None if up_fn is None else up_fn(h))
     return constrain(x, ("batch", "length", "act_embed"))

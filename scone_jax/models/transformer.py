@@ -38,7 +38,9 @@ class BlockStack(nnx.Module):
       return fn
     return jax.checkpoint(fn, policy=REMAT[self.remat_policy], prevent_cse=not self.scan)
 
-  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, batch=None):
+    """batch: the model's input batch, for stacks whose layers read per-token inputs (STEM's
+    scone_jax.models.stem.StemBlockStack); this plain stack does not use it."""
     if not self.scan:
       for block in self.blocks:
         x_BxLxD = self._wrap(lambda x, b=block: b(x, positions_BxL, segment_ids_BxL))(x_BxLxD)
@@ -56,12 +58,13 @@ class Transformer(nnx.Module):
   """Llama-style decoder LM. `batch` holds `inputs`, `positions`, `segment_ids` (all [B, L])
   plus whatever the input embedding variant needs."""
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, decoder: nnx.Module | None = None):
+    """decoder: a replacement for the plain block stack (STEM); None = BlockStack."""
     self.cfg = cfg
     d, v = cfg.d_model, cfg.vocab_size
     self.token_embed = param(rngs, nnx.initializers.normal(1.0), (v, d), ("vocab", "embed"))
     self.input_embedding = nnx.data(None)
-    self.decoder = BlockStack(cfg, rngs, num_layers=cfg.num_layers)
+    self.decoder = decoder if decoder is not None else BlockStack(cfg, rngs, num_layers=cfg.num_layers)
     self.final_norm = RMSNorm(d, cfg.norm_eps, rngs)
     if not cfg.tie_embeddings:
       self.unembed = param(rngs, nnx.initializers.normal(cfg.init_std), (d, v), ("embed", "vocab"))
@@ -91,5 +94,5 @@ class Transformer(nnx.Module):
   def __call__(self, batch):
     """Returns float32 logits [B, L, V]."""
     x = self.embed(batch)
-    h = self.decoder(x, batch["positions"], batch["segment_ids"])
+    h = self.decoder(x, batch["positions"], batch["segment_ids"], batch)
     return self.logits(h)

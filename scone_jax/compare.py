@@ -1,0 +1,312 @@
+"""`scone-jax compare`: baseline, SCONE, LongCat n-gram hashing and STEM on equal terms.
+
+One command, one table:
+  1. prepare builtin:python-stdlib (|V| = 4096) into WORK/data, or reuse --data
+  2. fgrams build (K = --max_n, |V_f| = --fgrams) for SCONE
+  3. train every method on the same main model (runs/demo_cpu.gin: d 128, 3 layers, d_ff 512,
+     on a 4-device CPU mesh) with the same data order, steps and seed. A method's overlay
+     (models/tiny_scone.gin, tiny_ngram.gin, tiny_stem.gin) adds training-only parameters (A_f)
+     or offloadable tables, so what stays on the accelerator at inference is the main model
+     (exceptions, printed under the table: the n-gram projections W_t are resident, d^2 in all,
+     and STEM layers have no W_up)
+  4. evaluate on the whole validation split (in the training run); then time every method side
+     by side, taking turns: the train step, and decoding with scone_jax.serve (one device,
+     --decode_batch sequences, teacher-forced): SCONE reads its exported table from host RAM,
+     n-gram hashing hashes on the host, STEM keeps its tables on the device
+  5. write OUT/table.md, OUT/table.json, OUT/compare.png and OUT/COMMANDS.md
+Finished stages are skipped (WORK/run_METHOD_sSEED/summary.json, ...), so a rerun resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+DEVICES = 4
+METHODS = {   # name -> overlay gin files on runs/demo_cpu.gin
+    "baseline": [],
+    "scone": ["models/tiny_scone.gin"],
+    "ngram_hash": ["models/tiny_ngram.gin"],
+    "stem": ["models/tiny_stem.gin"],
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--out", default="results/compare", help="where the table, plot and COMMANDS.md go")
+  p.add_argument("--work", default="compare_work", help="data, f-grams, runs and stores (not results)")
+  p.add_argument("--data", default=None, help="a prepared DATA directory to reuse (default: prepare the builtin corpus)")
+  p.add_argument("--steps", type=int, default=200, help="train steps per model")
+  p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per method and seed")
+  p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+  p.add_argument("--fgrams", type=int, default=16384, help="|V_f| for SCONE")
+  p.add_argument("--max_n", type=int, default=4, help="SCONE's K")
+  p.add_argument("--decode_batch", type=int, default=8, help="sequences decoded at once")
+  p.add_argument("--decode_tokens", type=int, default=128, help="decode steps per method (all but the first timed)")
+
+
+class _Log:
+  """The sub-commands run, with their seconds, kept in WORK/stages.json across invocations (a
+  resumed comparison still lists every stage in COMMANDS.md)."""
+
+  def __init__(self, work: str):
+    self.path = os.path.join(work, "stages.json")
+    self.commands: list[list] = []
+    if os.path.isfile(self.path):
+      with open(self.path) as f:
+        self.commands = json.load(f)
+
+  def run(self, argv: list[str]) -> None:
+    from scone_jax.cli import main
+    from scone_jax.errors import UserError
+    print(f"\n=== scone-jax {' '.join(argv)}", flush=True)
+    t0 = time.time()
+    rc = main(argv)
+    if rc:
+      raise UserError(f"`scone-jax {' '.join(argv)}` failed with exit status {rc}")
+    self.commands.append([" ".join(argv), time.time() - t0])
+    with open(self.path, "w") as f:
+      json.dump(self.commands, f, indent=1)
+
+
+def run(args) -> int:
+  # A sharded mesh on a CPU host: split it into fake devices before JAX starts.
+  if "jax" not in sys.modules:
+    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={DEVICES}")
+  from scone_jax.errors import UserError
+  if args.steps < 1 or not args.seeds:
+    raise UserError("--steps must be >= 1 and --seeds non-empty")
+  work, out = os.path.abspath(args.work), os.path.abspath(args.out)
+  os.makedirs(work, exist_ok=True)
+  os.makedirs(out, exist_ok=True)
+  log, t0 = _Log(work), time.time()
+  data = os.path.abspath(args.data) if args.data else os.path.join(work, "data")
+  if not os.path.isfile(os.path.join(data, "meta.json")):
+    if args.data:
+      raise UserError(f"--data {args.data!r} has no meta.json: give a directory written by `scone-jax prepare`")
+    log.run(["prepare", "--input", "builtin:python-stdlib", "--out", data, "--vocab_size", "4096"])
+  fg = os.path.join(work, f"fgrams_k{args.max_n}_s{args.fgrams}")
+  if "scone" in args.methods and not os.path.isfile(os.path.join(fg, "meta.json")):
+    log.run(["fgrams", "build", "--data", data, "--max_n", str(args.max_n), "--size", str(args.fgrams), "--out", fg])
+  results, runs = [], {}
+  for seed in args.seeds:
+    for method in args.methods:
+      workdir = os.path.join(work, f"run_{method}_s{seed}")
+      if not os.path.isfile(os.path.join(workdir, "summary.json")):
+        log.run(["train", *_gin_args(method, fg), f"--gin.DATA_DIR='{data}'", f"--gin.TRAIN_STEPS={args.steps}",
+                 f"--gin.SEED={seed}", "--gin.TrainConfig.eval_batches=0", "--gin.TrainConfig.log_every=10",
+                 "--workdir", workdir, "--quiet"])
+      store = None
+      if method == "scone":
+        store = os.path.join(work, f"store_s{seed}")
+        if not os.path.isfile(os.path.join(store, "manifest.json")):
+          log.run(["export", "--workdir", workdir, "--out", store])
+      results.append(_result(method, seed, workdir))
+      runs.setdefault(method, (workdir, store))
+  print("\n=== throughput: train and decode steps of every method, side by side", flush=True)
+  train_speed = train_throughput({m: _gin_args(m, fg) for m in args.methods}, data)
+  decode_speed = decode_throughput(runs, data, args.decode_batch, args.decode_tokens)
+  for r in results:
+    r["train_tokens_per_s"], r["decode_tokens_per_s"] = train_speed[r["method"]], decode_speed[r["method"]]
+  table = _aggregate(results)
+  _write(out, args, table, results, log, time.time() - t0)
+  print(open(os.path.join(out, "table.md")).read())
+  return 0
+
+
+def _gin_args(method: str, fgram_dir: str) -> list[str]:
+  out = ["--gin_file", "runs/demo_cpu.gin"] + [a for f in METHODS[method] for a in ("--gin_file", f)]
+  return out + ([f"--gin.FGRAM_DIR='{fgram_dir}'"] if method == "scone" else [])
+
+
+def _result(method: str, seed: int, workdir: str) -> dict:
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  acct = summary["accounting"]
+  losses = []
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      if r["split"] == "train":
+        losses.append((r["step"], r["loss"]))
+  return {"method": method, "seed": seed, "eval_loss": summary["eval_loss"], "eval_perplexity": summary["eval_perplexity"],
+          "resident_params": acct["resident_params"], "training_params": acct["training_params"],
+          "offloaded_entries": acct["offloaded_entries"], "train_losses": losses}
+
+
+def _interleaved(timers: dict, rounds: int) -> dict[str, float]:
+  """Median over `rounds` of each timer (a call returning tokens/s), the methods taking turns
+  within every round, so that load from other processes hits them alike."""
+  rates: dict[str, list[float]] = {m: [] for m in timers}
+  for _ in range(rounds):
+    for m, timer in timers.items():
+      rates[m].append(timer())
+  return {m: statistics.median(v) for m, v in rates.items()}
+
+
+def train_throughput(gin_args: dict[str, list[str]], data: str, steps: int = 10, rounds: int = 5) -> dict[str, float]:
+  """Train-step tokens/s of every method: the jitted, sharded step on one real batch (the input
+  pipeline runs ahead on a thread in training and is not timed)."""
+  import jax
+  from scone_jax import experiment, parallel
+  from scone_jax.config import bindings_from_flags
+  from scone_jax.data import pipeline
+  from scone_jax.train.state import Trainer
+  timers = {}
+  for method, argv in gin_args.items():
+    files = [argv[i + 1] for i, a in enumerate(argv) if a == "--gin_file"]
+    exp = experiment.load(files, bindings_from_flags([a for a in argv if a.startswith("--gin.")]) + [f"DATA_DIR = '{data}'"])
+    mesh = parallel.make_mesh(exp.mesh)
+    trainer = Trainer(exp.model, exp.train, mesh, exp.build_model)
+    rows = exp.data.batch_size
+    spec = pipeline.PipelineSpec(data, "train", exp.data.seq_len, rows, prefetch=0, row_features=exp.row_features(),
+                                 batch_features=exp.batch_features(0, trainer.batch_devices, rows))
+    local = next(iter(pipeline.make_dataset(spec)))
+    with jax.set_mesh(mesh):
+      state = trainer.init()
+      step, batch = trainer.jit_train_step(local), trainer.global_batch(local, rows)
+      state, metrics = step(state, batch)   # compiles
+      jax.block_until_ready(metrics)
+    box = {"state": state}
+
+    def timer(mesh=mesh, step=step, batch=batch, box=box, tokens=rows * exp.data.seq_len):
+      with jax.set_mesh(mesh):
+        t = time.perf_counter()
+        for _ in range(steps):
+          box["state"], metrics = step(box["state"], batch)
+        jax.block_until_ready(metrics)
+      return steps * tokens / (time.perf_counter() - t)
+    timers[method] = timer
+  return _interleaved(timers, rounds)
+
+
+def decode_throughput(runs: dict[str, tuple[str, str | None]], data: str, batch: int, steps: int,
+                      rounds: int = 3) -> dict[str, float]:
+  """Decode tokens/s of every method's run on one device: `batch` validation windows (16-token
+  prompts), then `steps` teacher-forced steps, of which all but the first are timed."""
+  import numpy as np
+  from scone_jax.data import shards
+  from scone_jax.serve.generate import load_decoder
+  prompt = 16
+  stream = np.concatenate([d for _, d in zip(range(10 * batch), shards.read_documents(data, "validation"))])
+  windows = np.resize(stream, batch * (prompt + steps)).reshape(batch, prompt + steps)   # repeats a short split
+  timers = {}
+  for method, (workdir, store) in runs.items():
+    decoder, run_ = load_decoder(workdir, store=store or "none", tier="ram", data_dir=data)
+    meta = run_.exp.data_meta
+
+    def timer(decoder=decoder, meta=meta):
+      marks: dict[int, float] = {}
+      decoder.generate([w[:prompt] for w in windows], max_new_tokens=steps, bos_id=meta.bos_id, eos_id=meta.eos_id,
+                       force_tokens=windows[:, prompt:], on_step=lambda t: marks.__setitem__(t, time.perf_counter()))
+      first, last = 1, max(marks)   # step 1's mark comes after the first (compiling) decode step
+      return batch * (last - first) / (marks[last] - marks[first])
+    timer()   # compiles prefill and step
+    timers[method] = timer
+  return _interleaved(timers, rounds)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _aggregate(results: list[dict]) -> list[dict]:
+  rows = []
+  for method in dict.fromkeys(r["method"] for r in results):
+    rs = [r for r in results if r["method"] == method]
+    row = {"method": method, "seeds": [r["seed"] for r in rs]}
+    for key in ("eval_loss", "eval_perplexity"):
+      row[key], row[key + "_std"] = _mean_std([r[key] for r in rs])
+    for key in ("resident_params", "training_params", "offloaded_entries", "train_tokens_per_s", "decode_tokens_per_s"):
+      row[key] = rs[0][key]
+    rows.append(row)
+  return rows
+
+
+def _table_md(table: list[dict]) -> str:
+  base = next((r for r in table if r["method"] == "baseline"), None)
+  pm = lambda r, k, fmt: format(r[k], fmt) + (f" ± {format(r[k + '_std'], fmt)}" if len(r["seeds"]) > 1 else "")
+  lines = ["| method | validation loss | perplexity | resident params (inference) | training-only params "
+           "| offloaded table entries | train tokens/s | decode tokens/s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in table:
+    delta = ""
+    if base is not None and r is not base and r["resident_params"] != base["resident_params"]:
+      delta = f" ({r['resident_params'] - base['resident_params']:+,})"
+    lines.append(f"| {r['method']} | {pm(r, 'eval_loss', '.4f')} | {pm(r, 'eval_perplexity', '.2f')} | "
+                 f"{r['resident_params']:,}{delta} | {r['training_params']:,} | {r['offloaded_entries']:,} | "
+                 f"{r['train_tokens_per_s']:,.0f} | {r['decode_tokens_per_s']:,.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def _write(out: str, args, table: list[dict], results: list[dict], log: _Log, seconds: float) -> None:
+  import jax
+  with open(os.path.join(out, "table.json"), "w") as f:
+    json.dump({"table": table, "runs": [{k: v for k, v in r.items() if k != "train_losses"} for r in results],
+               "steps": args.steps, "seeds": args.seeds}, f, indent=2)
+  notes = ("\nSame main model for every method (runs/demo_cpu.gin: d 128, 3 layers, d_ff 512, |V| 4096, "
+           f"{args.steps} steps of 16 x 128 tokens, seeds {', '.join(map(str, args.seeds))}), 4-device CPU mesh. "
+           "Validation loss and perplexity over the whole validation split. Resident parameters differ "
+           "from the baseline only where a method puts weights on the device: the n-gram projections "
+           "W_t (T x d_sub x d = d^2) run on the device; STEM layers have no W_up (d x d_ff each). "
+           "Throughput is measured side by side after training, the methods taking turns (median of "
+           "the rounds): train tokens/s = the jitted train step on the 4-device mesh (16 x 128 tokens); "
+           f"decode tokens/s = scone_jax.serve on one CPU device, {args.decode_batch} sequences, "
+           f"{args.decode_tokens} teacher-forced steps after a 16-token prompt (SCONE: exported table in "
+           "host RAM; n-gram: host hashing; STEM: tables on the device). CPU numbers on a 2-core machine "
+           "shared with other jobs: they rank the methods' overheads at this tiny size, nothing more.\n")
+  with open(os.path.join(out, "table.md"), "w") as f:
+    f.write("# Baseline vs SCONE vs LongCat n-gram hashing vs STEM\n\n" + _table_md(table) + notes)
+  _plot(os.path.join(out, "compare.png"), table, results)
+  commit = _git("rev-parse", "HEAD")
+  dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+  argv = ["scone-jax", "compare", "--out", args.out, "--work", args.work, "--steps", str(args.steps),
+          "--seeds", *map(str, args.seeds)]
+  if args.data:
+    argv += ["--data", args.data]
+  with open(os.path.join(out, "COMMANDS.md"), "w") as f:
+    f.write("# How results/compare was made\n\n")
+    f.write(f"From the repository root at commit `{commit}`{' (with uncommitted changes)' if dirty else ''}:\n\n")
+    f.write("```\n" + " ".join(argv) + "\n```\n\n")
+    staged = sum(s for _, s in log.commands)
+    f.write(f"On {os.cpu_count()} CPU cores, jax {jax.__version__}, {jax.device_count()} CPU devices: the stages "
+            f"below took {staged / 60:.1f} min in all (over every invocation; a rerun skips finished stages); "
+            f"the last invocation took {seconds / 60:.1f} min.\n\n")
+    f.write("| seconds | command |\n|---:|---|\n")
+    for cmd, s in log.commands:
+      f.write(f"| {s:.0f} | `scone-jax {cmd}` |\n")
+
+
+def _git(*argv: str) -> str:
+  try:
+    return subprocess.run(["git", *argv], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def _plot(path: str, table: list[dict], results: list[dict]) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(11, 4))
+  for r in results:
+    if r["seed"] == results[0]["seed"] and r["train_losses"]:
+      steps, losses = zip(*r["train_losses"])
+      ax_loss.plot(steps, losses, marker="o", ms=3, label=r["method"])
+  ax_loss.set(xlabel="step", ylabel="train loss", title=f"training loss (seed {results[0]['seed']})")
+  ax_loss.legend()
+  names = [r["method"] for r in table]
+  ax_ppl.bar(names, [r["eval_perplexity"] for r in table], yerr=[r["eval_perplexity_std"] for r in table],
+             color=["C0", "C1", "C2", "C3"][:len(names)])
+  ax_ppl.set(ylabel="validation perplexity", title="validation perplexity (lower is better)")
+  low = min(r["eval_perplexity"] for r in table)
+  ax_ppl.set_ylim(bottom=low * 0.9)
+  for i, r in enumerate(table):
+    ax_ppl.text(i, r["eval_perplexity"], f"{r['eval_perplexity']:.2f}", ha="center", va="bottom")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
