@@ -38,7 +38,9 @@ def test_gin_file_parses_and_builds(gin_file, dirs):
   bindings = [f"DATA_DIR = '{data}'"]
   if "FGRAM_DIR" in text or "scone" in text:
     bindings.append(f"FGRAM_DIR = '{fg}'")
-  exp = experiment.load(files, bindings)
+  # Paper-size SCONE files plan K and |V_f| (FgramConfig.max_n/size) for runs whose f-grams are
+  # not on this host: build them the way `scone-jax compile` does.
+  exp = experiment.load(files, bindings, planned_fgrams="FgramConfig.max_n" in text)
   abstract = nnx.eval_shape(exp.build_model)
   n = sum(x.size for x in __import__("jax").tree.leaves(nnx.state(abstract, nnx.Param)))
   assert n > 0
