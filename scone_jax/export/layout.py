@@ -154,7 +154,9 @@ class Layout:
 
   def metadata(self, name: str) -> dict:
     """zarr v3 array metadata of one array of the store."""
-    raw = [{"name": "bytes", "configuration": {"endian": "little"}}]
+    # crc32c after every chunk: tensorstore (and zarr-python) verify it on each read, so the disk
+    # and remote tiers, which never read a whole array, still detect a corrupted chunk.
+    raw = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
     if name == "fgram_tokens":
       return {"shape": [self.num_rows, self.max_n], "data_type": "int32", "fill_value": -1,
               "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [self.rows_per_shard, self.max_n]}},

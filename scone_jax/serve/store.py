@@ -87,6 +87,20 @@ class RamStore(FgramStore):
     return Done(self.rows(np.asarray(ids)))
 
 
+class Checked:
+  """A Pending whose read failure (a chunk failing its crc32c, a vanished file) is a UserError."""
+
+  def __init__(self, pending, url: str):
+    self._pending, self._url = pending, url
+
+  def result(self):
+    try:
+      return self._pending.result()
+    except ValueError as e:
+      raise UserError(f"store {self._url!r}: a chunk could not be read ({' '.join(str(e).split())[:200]}); "
+                      "the store is corrupted: re-export it with `scone-jax export --restart`") from e
+
+
 class TensorStoreStore(FgramStore):
   """Rows read on demand through tensorstore (disk or any remote kvstore), with a bounded cache."""
 
@@ -98,10 +112,10 @@ class TensorStoreStore(FgramStore):
     ids = np.asarray(ids, dtype=np.int64)
     if ids.size == 0:
       return Done(np.zeros((0, self.layout.dim), self.row_dtype))
-    rows = self.arrays["embeddings"][ids].read()
+    rows = Checked(self.arrays["embeddings"][ids].read(), self.url)
     if "scales" not in self.arrays:
       return rows
-    scales = self.arrays["scales"][ids].read()
+    scales = Checked(self.arrays["scales"][ids].read(), self.url)
     return Mapped(rows, lambda q: q.astype(np.float32) * scales.result()[:, None])
 
 
@@ -123,12 +137,12 @@ def open_store(url: str, tier: str = "ram", *, expected: M.Identity | None = Non
     want = list(lay.metadata(name)["shape"])
     if list(array.shape) != want:
       raise UserError(f"store {url!r}: array {name!r} has shape {list(array.shape)}, the manifest says {want}")
-  fgram_tokens = arrays["fgram_tokens"].read().result()
+  fgram_tokens = Checked(arrays["fgram_tokens"].read(), url).result()
   if verify:
     _verify(url, manifest, "fgram_tokens", fgram_tokens)
   if tier == "ram":
-    embeddings = arrays["embeddings"].read().result()
-    scales = arrays["scales"].read().result() if "scales" in arrays else None
+    embeddings = Checked(arrays["embeddings"].read(), url).result()
+    scales = Checked(arrays["scales"].read(), url).result() if "scales" in arrays else None
     if verify:
       _verify(url, manifest, "embeddings", embeddings)
       if scales is not None:
