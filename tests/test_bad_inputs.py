@@ -109,6 +109,12 @@ ROWS = [
     ("eval-workdir-not-a-run", lambda e: ["eval", "--workdir", f"{e['root']}/text"], "config.gin", None),
     ("eval-run-without-checkpoint", lambda e: ["eval", "--workdir", f"{e['root']}/run_no_ckpt"], "checkpoint", None),
     ("eval-data-dir-missing", lambda e: ["eval", "--workdir", e["run"], "--data", f"{e['root']}/nodata"], "nodata", None),
+    ("export-not-a-scone-run", lambda e: ["export", "--workdir", e["run"], "--out", f"{e['root']}/s1"], "not a SCONE run", "s1"),
+    ("export-workdir-not-a-run", lambda e: ["export", "--workdir", f"{e['root']}/text", "--out", f"{e['root']}/s2"], "config.gin", "s2"),
+    ("export-unknown-dtype", lambda e: ["export", "--workdir", e["run"], "--out", f"{e['root']}/s3", "--dtype", "int4"], "int4", "s3"),
+    ("generate-store-on-a-baseline-run", lambda e: ["generate", "--workdir", e["run"], "--store", f"{e['root']}/nostore", "--prompt", "x"], "baseline run", None),
+    ("generate-max-new-tokens-below-1", lambda e: ["generate", "--workdir", e["run"], "--prompt", "x", "--max_new_tokens", "0"], "max_new_tokens", None),
+    ("generate-top-p-out-of-range", lambda e: ["generate", "--workdir", e["run"], "--prompt", "x", "--top_p", "1.5"], "top_p", None),
 ]
 
 
