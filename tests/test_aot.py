@@ -105,7 +105,7 @@ def test_scone_run_compiles_with_its_data_and_fgrams(capsys, tmp_path):
   assert rc == 0 and "fits: total" in out, out + err
   assert int(re.search(r"training-only ([\d,]+)", out).group(1).replace(",", "")) > 0   # A_f is in the step
   rc, _, err = _compile(capsys, *scone, "--gin.ModelConfig.vocab_size=64", f"--gin.FGRAM_DIR='{tmp_path / 'fg'}'")
-  assert rc == 2 and "needs its data and f-grams" in err
+  assert rc == 2 and "FgramConfig.max_n" in err and "FGRAM_DIR" in err
 
 
 def test_missing_vocabulary_size_exits_2(capsys):
