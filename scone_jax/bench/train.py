@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  help="distinct f-grams per batch as a fraction of its tokens")
   p.add_argument("--fgram_layers", type=int, default=1)
   p.add_argument("--skip_scone", action="store_true")
+  p.add_argument("--scan_layers", type=int, default=1, help="1: scanned layers (as trained), 0: unrolled")
 
 
 def _time_steps(trainer, batch, steps: int) -> float:
@@ -62,7 +63,7 @@ def run(args) -> int:
   mesh = parallel.make_mesh(MeshConfig(data=-1), jax.local_devices())
   cfg = ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model, num_layers=args.num_layers,
                     num_heads=args.num_heads, num_kv_heads=max(1, args.num_heads // 2), d_ff=args.d_ff,
-                    max_seq_len=l, remat_policy="none")
+                    max_seq_len=l, remat_policy="none", scan_layers=bool(args.scan_layers))
   tcfg = TrainConfig(steps=1000, warmup_steps=10)
   batch = {"inputs": rng.integers(4, cfg.vocab_size, (b, l)).astype(np.int32),
            "targets": rng.integers(4, cfg.vocab_size, (b, l)).astype(np.int32),
