@@ -14,10 +14,10 @@ import time
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--d_model", type=int, default=256)
-  p.add_argument("--num_layers", type=int, default=4)
-  p.add_argument("--d_ff", type=int, default=1024)
-  p.add_argument("--num_heads", type=int, default=8)
+  p.add_argument("--d_model", type=int, default=384)
+  p.add_argument("--num_layers", type=int, default=2)
+  p.add_argument("--d_ff", type=int, default=1536)
+  p.add_argument("--num_heads", type=int, default=6)
   p.add_argument("--vocab_size", type=int, default=4096)
   p.add_argument("--seq_len", type=int, default=256)
   p.add_argument("--batch_size", type=int, default=16)
