@@ -83,13 +83,8 @@ class DistinctFgrams:
   def __init__(self, vocab, max_unique: int, offset: int = 0):
     import numpy as np
     self.max_unique, self.offset = max_unique, offset
-    k = vocab.meta.max_n
-    lengths = vocab.lengths
-    self.tokens = np.full((len(vocab) + 1, k), -1, np.int32)   # last row: padding
-    cols = np.arange(k)
-    mask = cols[None, :] < lengths[:, None]
-    starts = vocab.offsets[:-1]
-    self.tokens[:-1][mask] = vocab.flat[(starts[:, None] + cols[None, :])[mask]]
+    tokens, lengths = vocab.token_matrix()
+    self.tokens = np.concatenate([tokens, np.full((1, tokens.shape[1]), -1, np.int32)])   # last row: padding
     self.lengths = np.concatenate([lengths, [0]]).astype(np.int32)
 
   def __call__(self, batch: dict) -> dict:

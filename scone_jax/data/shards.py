@@ -139,7 +139,7 @@ def verify_shards(data_dir: str, splits: tuple[str, ...] = SPLITS) -> None:
   """Checks every shard of `splits` against the sha256 recorded in meta.json; corrupted or
   swapped shards are refused before anything is decoded. Directories written before hashes were
   recorded (no `shard_sha256`) are accepted as they are."""
-  import hashlib
+  from scone_jax.integrity import file_sha256
   meta = load_meta(data_dir)
   recorded = meta.extra.get("shard_sha256")
   if not recorded:
@@ -149,11 +149,7 @@ def verify_shards(data_dir: str, splits: tuple[str, ...] = SPLITS) -> None:
       name = os.path.basename(path)
       if name not in recorded:
         raise UserError(f"{path!r} is not listed in {data_dir}/meta.json: re-run `scone-jax prepare`")
-      h = hashlib.sha256()
-      with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-          h.update(block)
-      if h.hexdigest() != recorded[name]:
+      if file_sha256(path) != recorded[name]:
         raise UserError(f"{path!r} does not match the sha256 in meta.json (corrupted or replaced); "
                         "re-run `scone-jax prepare`")
   for name in recorded:

@@ -22,6 +22,7 @@ import tempfile
 from typing import Iterable, Iterator, Sequence
 
 from scone_jax.errors import UserError
+from scone_jax.integrity import file_sha256  # noqa: F401  (also used as tokenizer.file_sha256)
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 MODEL_TYPES = ("bpe", "unigram")
@@ -29,14 +30,6 @@ MAX_CHUNK_CHARS = 4096  # one training "sentence": whole lines, at most this man
 _ESCAPE = "E000"
 _NORMALIZE_TSV = f"2581\t{_ESCAPE} 31\n{_ESCAPE}\t{_ESCAPE} 32\n"
 _DENORMALIZE_TSV = f"{_ESCAPE} 31\t2581\n{_ESCAPE} 32\t{_ESCAPE}\n"
-
-
-def file_sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def stable_fraction(*parts: str) -> float:

@@ -86,13 +86,7 @@ def run(args) -> int:
 
 def fgram_token_matrix(vocab) -> tuple[np.ndarray, np.ndarray]:
   """(tokens int32 [S, K] right-padded with -1, lengths int32 [S]) of every f-gram, in id order."""
-  k = vocab.meta.max_n
-  lengths = vocab.lengths.astype(np.int32)
-  tokens = np.full((len(vocab), k), -1, np.int32)
-  cols = np.arange(k)
-  mask = cols[None, :] < lengths[:, None]
-  tokens[mask] = vocab.flat[(vocab.offsets[:-1, None] + cols[None, :])[mask]]
-  return tokens, lengths
+  return vocab.token_matrix()
 
 
 def to_store_dtype(rows_f32, dtype: str):

@@ -16,6 +16,7 @@ import tempfile
 import numpy as np
 
 from scone_jax.errors import UserError
+from scone_jax.integrity import file_sha256 as _sha256
 
 PARQUET = "fgrams.parquet"
 META = "meta.json"
@@ -50,6 +51,16 @@ class FgramVocab:
   def fgram(self, r: int) -> tuple[int, ...]:
     return tuple(int(t) for t in self.flat[self.offsets[r]:self.offsets[r + 1]])
 
+  def token_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int32 [S, K] right-padded with -1, lengths int32 [S]) of every f-gram, in id order."""
+    k = self.meta.max_n
+    lengths = self.lengths.astype(np.int32)
+    tokens = np.full((len(self), k), -1, np.int32)
+    cols = np.arange(k)
+    mask = cols[None, :] < lengths[:, None]
+    tokens[mask] = self.flat[(self.offsets[:-1, None] + cols[None, :])[mask]]
+    return tokens, lengths
+
   def as_tuples(self) -> list[tuple[int, ...]]:
     return [self.fgram(r) for r in range(len(self))]
 
@@ -62,13 +73,6 @@ class FgramVocab:
     return cls(flat, offsets, np.asarray(counts, dtype=np.int64), meta)
 
 
-def _sha256(path: str) -> str:
-  import hashlib
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def save(vocab: FgramVocab, out_dir: str) -> None:

@@ -10,7 +10,6 @@ A restore checks them first: a corrupted checkpoint is refused with the file nam
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
@@ -19,6 +18,7 @@ import orbax.checkpoint as ocp
 
 from scone_jax.config import TrainConfig
 from scone_jax.errors import UserError
+from scone_jax.integrity import file_sha256
 
 
 class Checkpoints:
@@ -44,11 +44,7 @@ class Checkpoints:
     for dirpath, _, files in os.walk(root):
       for name in files:
         path = os.path.join(dirpath, name)
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-          for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-        out[os.path.relpath(path, root)] = h.hexdigest()
+        out[os.path.relpath(path, root)] = file_sha256(path)
     return out
 
   def seal(self) -> None:
