@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo lint test test-fast clean
 
 install: $(STAMP)
 
@@ -18,11 +18,16 @@ $(STAMP): setup.py constraints.txt
 demo: install
 	$(BIN)/scone-jax demo --out $(DEMO_DIR)
 
-test: install
+# ruff.toml: syntax errors, pyflakes, import order, bugbear. Runs first in both test targets.
+lint: install
+	$(BIN)/ruff check scone_jax tests launch
+
+test: install lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
-test-fast: install
-	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
+# The tests not marked slow (no subprocesses, paper-size compiles or long training): < 3 min on 2 cores.
+test-fast: install lint
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) *.egg-info

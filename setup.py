@@ -28,7 +28,7 @@ setup(
         "numpy>=2.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "zarr>=3.1"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "zarr>=3.1", "ruff>=0.17"],
         "beam": ["apache-beam>=2.77.0"],
         "tpu": ["libtpu>=0.0.51"],
         "cuda": ["jax[cuda12]>=0.10.2"],

@@ -18,9 +18,10 @@ the runs (name, overrides, workdir) is written first: BASE_WORKDIR/manifest.json
   --backend slurm  one sbatch job per run, named JOB_NAME-<run name>
 `--backend B --help` lists that backend's flags.
 
-  python -m launch.sweep --backend local --gin_file experiments/runs/tiny_cpu.gin \\
-      --gin.DATA_DIR="'data/tiny'" --grid 'ModelConfig.num_layers=[2,4]' \\
-      --grid 'TrainConfig.learning_rate=[1e-3,3e-3]' --workdir runs/sweep1 --dry-run
+  python -m launch.sweep --backend local --gin_file experiments/models/tiny.gin \\
+      --gin_file experiments/runs/cpu.gin --gin.DATA_DIR="'data/tiny'" \\
+      --grid 'ModelConfig.num_layers=[2,4]' --grid 'TrainConfig.learning_rate=[1e-3,3e-3]' \\
+      --workdir runs/sweep1 --dry-run
 """
 from __future__ import annotations
 

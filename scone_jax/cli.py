@@ -20,7 +20,7 @@ COMMANDS: dict[str, object] = {
         "match": ("scone_jax.fgram.match_cli", "show the f-gram match of every position"),
     },
     "train": ("scone_jax.train.loop", "train from gin files; resumes automatically"),
-    "eval": ("scone_jax.train.evaluate", "validation loss and perplexity of a run"),
+    "eval": ("scone_jax.commands.eval", "validation loss and perplexity of a run"),
     "compile": ("scone_jax.train.aot", "AOT-compile the train step for a TPU topology"),
     "export": ("scone_jax.export.writer", "precompute the f-gram table into a zarr store"),
     "generate": ("scone_jax.serve.generate", "decode from a trained run"),

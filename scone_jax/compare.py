@@ -3,9 +3,9 @@
 One command, one table:
   1. prepare builtin:python-stdlib (|V| = 4096) into WORK/data, or reuse --data
   2. fgrams build (K = --max_n, |V_f| = --fgrams) for SCONE
-  3. train every method on the same main model (runs/demo_cpu.gin: d 128, 3 layers, d_ff 512,
-     on a 4-device CPU mesh) with the same data order, steps and seed. A method's overlay
-     (models/tiny_scone.gin, tiny_ngram.gin, tiny_stem.gin) adds training-only parameters (A_f)
+  3. train every method on the same main model (models/demo.gin + runs/demo.gin: d 128, 3 layers,
+     d_ff 512, on a 4-device CPU mesh) with the same data order, steps and seed. A method's overlay
+     (methods/scone.gin, ngram.gin, stem.gin) adds training-only parameters (A_f)
      or offloadable tables, so what stays on the accelerator at inference is the main model
      (exceptions, printed under the table: the n-gram projections W_t are resident, d^2 in all,
      and STEM layers have no W_up)
@@ -26,12 +26,18 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
+from scone_jax.cli import main
+from scone_jax.data import shards
+from scone_jax.errors import UserError
+
 DEVICES = 4
-METHODS = {   # name -> overlay gin files on runs/demo_cpu.gin
+METHODS = {   # name -> method overlay gin files, between models/demo.gin and runs/demo.gin
     "baseline": [],
-    "scone": ["models/tiny_scone.gin"],
-    "ngram_hash": ["models/tiny_ngram.gin"],
-    "stem": ["models/tiny_stem.gin"],
+    "scone": ["methods/scone.gin"],
+    "ngram_hash": ["methods/ngram.gin"],
+    "stem": ["methods/stem.gin"],
 }
 
 
@@ -60,8 +66,6 @@ class _Log:
         self.commands = json.load(f)
 
   def run(self, argv: list[str]) -> None:
-    from scone_jax.cli import main
-    from scone_jax.errors import UserError
     print(f"\n=== scone-jax {' '.join(argv)}", flush=True)
     t0 = time.time()
     rc = main(argv)
@@ -76,7 +80,6 @@ def run(args) -> int:
   # A sharded mesh on a CPU host: split it into fake devices before JAX starts.
   if "jax" not in sys.modules:
     os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={DEVICES}")
-  from scone_jax.errors import UserError
   if args.steps < 1 or not args.seeds:
     raise UserError("--steps must be >= 1 and --seeds non-empty")
   work, out = os.path.abspath(args.work), os.path.abspath(args.out)
@@ -118,20 +121,17 @@ def run(args) -> int:
 
 
 def _gin_args(method: str, fgram_dir: str) -> list[str]:
-  out = ["--gin_file", "runs/demo_cpu.gin"] + [a for f in METHODS[method] for a in ("--gin_file", f)]
+  files = ["models/demo.gin", *METHODS[method], "runs/demo.gin"]
+  out = [a for f in files for a in ("--gin_file", f)]
   return out + ([f"--gin.FGRAM_DIR='{fgram_dir}'"] if method == "scone" else [])
 
 
 def _result(method: str, seed: int, workdir: str) -> dict:
+  from scone_jax.train import metrics  # imports JAX: only after run() has set XLA_FLAGS
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
   acct = summary["accounting"]
-  losses = []
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      if r["split"] == "train":
-        losses.append((r["step"], r["loss"]))
+  losses = [(r["step"], r["loss"]) for r in metrics.read(workdir, "train")]
   return {"method": method, "seed": seed, "eval_loss": summary["eval_loss"], "eval_perplexity": summary["eval_perplexity"],
           "resident_params": acct["resident_params"], "training_params": acct["training_params"],
           "offloaded_entries": acct["offloaded_entries"], "train_losses": losses}
@@ -151,19 +151,19 @@ def train_throughput(gin_args: dict[str, list[str]], data: str, steps: int = 10,
   """Train-step tokens/s of every method: the jitted, sharded step on one real batch (the input
   pipeline runs ahead on a thread in training and is not timed)."""
   import jax
+
   from scone_jax import experiment, parallel
   from scone_jax.config import bindings_from_flags
   from scone_jax.data import pipeline
-  from scone_jax.train.state import Trainer
+  from scone_jax.train.state import make_trainer
   timers = {}
   for method, argv in gin_args.items():
     files = [argv[i + 1] for i, a in enumerate(argv) if a == "--gin_file"]
     exp = experiment.load(files, bindings_from_flags([a for a in argv if a.startswith("--gin.")]) + [f"DATA_DIR = '{data}'"])
     mesh = parallel.make_mesh(exp.mesh)
-    trainer = Trainer(exp.model, exp.train, mesh, exp.build_model)
+    trainer = make_trainer(exp, mesh)
     rows = exp.data.batch_size
-    spec = pipeline.PipelineSpec(data, "train", exp.data.seq_len, rows, prefetch=0, row_features=exp.row_features(),
-                                 batch_features=exp.batch_features(0, trainer.batch_devices, rows))
+    spec = exp.pipeline_spec("train", batch_devices=trainer.batch_devices, prefetch=0)
     local = next(iter(pipeline.make_dataset(spec)))
     with jax.set_mesh(mesh):
       state = trainer.init()
@@ -187,8 +187,6 @@ def decode_throughput(runs: dict[str, tuple[str, str | None]], data: str, batch:
                       rounds: int = 3) -> dict[str, float]:
   """Decode tokens/s of every method's run on one device: `batch` validation windows (16-token
   prompts), then `steps` teacher-forced steps, of which all but the first are timed."""
-  import numpy as np
-  from scone_jax.data import shards
   from scone_jax.serve.generate import load_decoder
   prompt = 16
   stream = np.concatenate([d for _, d in zip(range(10 * batch), shards.read_documents(data, "validation"))])
@@ -247,7 +245,7 @@ def _write(out: str, args, table: list[dict], results: list[dict], log: _Log, se
   with open(os.path.join(out, "table.json"), "w") as f:
     json.dump({"table": table, "runs": [{k: v for k, v in r.items() if k != "train_losses"} for r in results],
                "steps": args.steps, "seeds": args.seeds}, f, indent=2)
-  notes = ("\nSame main model for every method (runs/demo_cpu.gin: d 128, 3 layers, d_ff 512, |V| 4096, "
+  notes = ("\nSame main model for every method (models/demo.gin + runs/demo.gin: d 128, 3 layers, d_ff 512, |V| 4096, "
            f"{args.steps} steps of 16 x 128 tokens, seeds {', '.join(map(str, args.seeds))}), 4-device CPU mesh. "
            "Validation loss and perplexity over the whole validation split. Resident parameters differ "
            "from the baseline only where a method puts weights on the device: the n-gram projections "

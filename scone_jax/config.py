@@ -1,7 +1,8 @@
 """Typed, gin-configurable configuration: one frozen dataclass per concern.
 
 Gin binds the dataclass constructors (`ModelConfig.d_model = 512`); code builds them with no
-arguments and gets the bound values. Experiment files live in experiments/ (model files + run
+arguments and gets the bound values. Each embedding method's own config (FgramConfig,
+NgramHashConfig, StemConfig) lives in its module of scone_jax/methods/. Experiment files live in experiments/ (model files + run
 files, T5X style); `%DATA_DIR`, `%FGRAM_DIR`, `%TRAIN_STEPS` and `%SEED` are the standard macros.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ class ModelConfig:
   scan_layers: bool = True
   remat_policy: str = "nothing_saveable"  # none | nothing_saveable | dots | dots_with_no_batch_dims
   init_std: float = 0.02
-  embedding: str = "token"       # token (baseline) | scone | ngram_hash | stem
+  embedding: str = "token"       # a method of scone_jax.methods.REGISTRY: token (baseline) | scone | ngram_hash | stem
 
   @property
   def resolved_head_dim(self) -> int:
@@ -50,69 +51,11 @@ class ModelConfig:
       raise UserError(f"head dimension {self.resolved_head_dim} must be even for RoPE")
     if self.remat_policy not in REMAT_POLICIES:
       raise UserError(f"ModelConfig.remat_policy={self.remat_policy!r} is not one of {', '.join(REMAT_POLICIES)}")
-    if self.embedding not in EMBEDDINGS:
-      raise UserError(f"ModelConfig.embedding={self.embedding!r} is not one of {', '.join(EMBEDDINGS)}")
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise UserError(f"ModelConfig.dtype={self.dtype!r} is not float32, bfloat16 or float16")
 
 
-EMBEDDINGS = ("token", "scone", "ngram_hash", "stem")
 REMAT_POLICIES = ("none", "nothing_saveable", "dots", "dots_with_no_batch_dims")
-
-
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class FgramConfig:
-  """SCONE: the f-gram vocabulary V_f and the f-gram model A_f (METHODS.md 1.3).
-
-  Widths of 0 mean "as the main model". `size` keeps the first `size` f-grams of the file: a
-  prefix of the global ranking is exactly V_f for that S, so one file serves a |V_f| sweep."""
-  fgram_dir: str = ""
-  size: int = 0                 # |V_f| used (0 = every f-gram in the file)
-  num_layers: int = 1           # L_f
-  d_model: int = 0              # d_f
-  num_heads: int = 0
-  num_kv_heads: int = 0
-  d_ff: int = 0
-  max_unique: int = 0           # distinct f-grams per process batch (static); 0 = never-overflowing bound
-  max_n: int = 0                # planned K: lets `compile` size a run with no f-gram file (else the file's K)
-
-  def model_config(self, main: "ModelConfig") -> "ModelConfig":
-    """A_f's block design: the main model's, at A_f's own width and depth."""
-    d = self.d_model or main.d_model
-    heads = self.num_heads or main.num_heads
-    return dataclasses.replace(
-        main, d_model=d, num_layers=self.num_layers, num_heads=heads,
-        num_kv_heads=self.num_kv_heads or min(main.num_kv_heads, heads),
-        head_dim=0 if self.d_model or self.num_heads else main.head_dim,
-        d_ff=self.d_ff or (main.d_ff * d) // main.d_model)
-
-
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class NgramHashConfig:
-  """LongCat hashed n-gram embedding (METHODS.md 2): orders 2..max_n, `tables_per_order` (K)
-  tables each. Table sizes: `sizes` (n-major: (n=2,k=1), (n=2,k=2), ...) or, when empty, the
-  released rule m + 2t + 1 for table t with m = round(ratio * |V|). Sizes are checked by
-  scone_jax.data.ngram_ids.table_layout (distinct; not within `near_multiple_tolerance` * |V| rows
-  of a multiple of |V|; see there why)."""
-  max_n: int = 3                  # N
-  tables_per_order: int = 2       # K
-  ratio: float = 4.5              # m = round(ratio * |V|); a half-integer keeps m + 2t + 1 far from multiples
-  sizes: tuple = ()               # explicit M_{n,k}; overrides ratio
-  sub_dim: int = 0                # width of every E_{n,k}; 0 = d / ((N-1)K) as METHODS.md (our extension)
-  amplification: str = "none"     # none | sqrt_d | layernorm
-  near_multiple_tolerance: float = 0.01   # fraction of |V|; 0 refuses exact multiples only
-
-
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class StemConfig:
-  """STEM (METHODS.md 3): the FFN up-projection of chosen layers becomes a token-indexed table.
-  `layers` (0-based) wins over `fraction`; a fraction picks round(fraction * L) evenly spaced
-  layers (scone_jax.models.stem.stem_layers)."""
-  fraction: float = 1 / 3
-  layers: tuple = ()
 
 
 @gin.configurable

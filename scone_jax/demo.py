@@ -9,9 +9,12 @@ first stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import time
+
+from scone_jax.cli import main
+from scone_jax.errors import UserError
 
 DEVICES = 2   # fake CPU devices; more than the host has cores risks XLA CPU collective stalls
 DEMO_PROMPT = "    def __init__(self, "   # completed at the end, f-gram rows read from the exported store
@@ -30,11 +33,9 @@ def _stage(name: str) -> None:
 
 def run(args) -> int:
   # A sharded mesh on a CPU host: split it into fake devices before JAX starts.
-  if "jax" not in __import__("sys").modules:
+  if "jax" not in sys.modules:
     from scone_jax.parallel import fake_cpu_devices_flags
     os.environ.setdefault("XLA_FLAGS", fake_cpu_devices_flags(DEVICES))
-  from scone_jax.cli import main
-  from scone_jax.errors import UserError
   out = os.path.abspath(args.out)
   data, fg = os.path.join(out, "data"), os.path.join(out, "fgrams")
   t0 = time.time()
@@ -53,10 +54,10 @@ def run(args) -> int:
   else:
     print(f"{fg} exists")
   results = {}
-  for name, extra in (("baseline", []), ("scone", ["--gin_file", "models/tiny_scone.gin", f"--gin.FGRAM_DIR='{fg}'"])):
+  for name, extra in (("baseline", []), ("scone", ["--gin_file", "methods/scone.gin", f"--gin.FGRAM_DIR='{fg}'"])):
     _stage(f"train {name} ({args.steps} steps, sharded over {DEVICES} CPU devices)")
     workdir = os.path.join(out, f"run_{name}")
-    rc = main(["train", "--gin_file", "runs/demo_cpu.gin", *extra, f"--gin.DATA_DIR='{data}'",
+    rc = main(["train", "--gin_file", "models/demo.gin", *extra, "--gin_file", "runs/demo.gin", f"--gin.DATA_DIR='{data}'",
                f"--gin.TRAIN_STEPS={args.steps}", "--workdir", workdir])
     if rc:
       return rc
@@ -76,7 +77,6 @@ def run(args) -> int:
 def _export_and_generate(out: str) -> int:
   """A_f over every f-gram of the SCONE run into a zarr store (resumes, or says it is complete),
   then a completion decoded with the f-gram rows read from that store on disk."""
-  from scone_jax.cli import main
   run, store = os.path.join(out, "run_scone"), os.path.join(out, "store")
   _stage("export: A_f over every f-gram, into a zarr store (the table serving reads)")
   rc = main(["export", "--workdir", run, "--out", store, "--dtype", "bfloat16"])
@@ -88,11 +88,7 @@ def _export_and_generate(out: str) -> int:
                "--max_new_tokens", "48"])
 
 
-def _final_eval(workdir: str) -> dict:
-  last = None
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      if r["split"] == "validation":
-        last = r
-  return last
+def _final_eval(workdir: str) -> dict | None:
+  from scone_jax.train import metrics  # imports JAX: only after run() has set XLA_FLAGS
+  evals = metrics.read(workdir, "validation")
+  return evals[-1] if evals else None

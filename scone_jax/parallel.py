@@ -15,7 +15,6 @@ import os
 from typing import Sequence
 
 import jax
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from scone_jax.config import MeshConfig
@@ -35,6 +34,7 @@ RULES: tuple[tuple[str, object], ...] = (
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
     ("unique_fgrams", BATCH),     # the distinct f-grams of a batch, spread like the batch
+    ("cache_length", None),       # decode KV cache slots (models/kv_cache.py)
     # main-model parameters
     ("layers", None),
     ("vocab", "tensor"),
@@ -66,15 +66,20 @@ def fake_cpu_devices_flags(n: int) -> str:
 
 
 def logical_to_spec(names: Sequence[str | None]) -> P:
-  """PartitionSpec of a tensor whose dimensions carry these logical names."""
-  used: set[str] = set()
+  """PartitionSpec of a tensor whose dimensions carry these logical names. A mesh axis can shard
+  only one dimension of a tensor: names that map two dimensions onto one mesh axis are refused
+  (give one of them another logical axis, or None), never silently dropped."""
+  used: dict[str, str] = {}
   out = []
   for name in names:
+    if name is not None and name not in _RULES:
+      raise ValueError(f"logical axis {name!r} is not in parallel.RULES")
     axes = None if name is None else _RULES[name]
     flat = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    # A mesh axis may shard only one dimension of a tensor: later uses are dropped.
-    flat = tuple(a for a in flat if a not in used)
-    used.update(flat)
+    for a in flat:
+      if a in used:
+        raise ValueError(f"logical axes {tuple(names)}: {used[a]!r} and {name!r} both map to mesh axis {a!r}")
+      used[a] = name
     out.append(None if not flat else flat[0] if len(flat) == 1 else flat)
   return P(*out)
 

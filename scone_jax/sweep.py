@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 
+from scone_jax import cli
 from scone_jax.errors import UserError
 
 
@@ -31,7 +32,7 @@ def _ints(text: str) -> list[int]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--data", required=True, help="prepared DATA directory")
   p.add_argument("--out", required=True, help="sweep directory: f-grams, runs, table, plots")
-  p.add_argument("--gin_file", action="append", default=None, help="run file(s) for the main model (default runs/miniature_cpu.gin)")
+  p.add_argument("--gin_file", action="append", default=None, help="model and run files of the main model, repeatable (default models/demo.gin runs/miniature.gin; SCONE runs add methods/scone.gin)")
   p.add_argument("--sizes", type=_ints, default=[4096, 16384, 65536], help="|V_f| values")
   p.add_argument("--fgram_layers", type=_ints, default=[1, 2], help="A_f depths (the A_f size knob)")
   p.add_argument("--fgram_width", type=int, default=0, help="A_f width d_f (0 = main width)")
@@ -79,10 +80,10 @@ def _fg_dir(args, k: int) -> str:
 
 
 def train_argv(args, p: Point) -> list[str]:
-  files = args.gin_file or ["runs/miniature_cpu.gin"]
+  files = args.gin_file or ["models/demo.gin", "runs/miniature.gin"]
   argv = ["train"] + [w for f in files for w in ("--gin_file", f)]
   if p.method == "scone":
-    argv += ["--gin_file", "models/tiny_scone.gin", f"--gin.FGRAM_DIR='{_fg_dir(args, p.max_n)}'",
+    argv += ["--gin_file", "methods/scone.gin", f"--gin.FGRAM_DIR='{_fg_dir(args, p.max_n)}'",
              f"--gin.FgramConfig.size={p.size}", f"--gin.FgramConfig.num_layers={p.layers}",
              f"--gin.FgramConfig.d_model={args.fgram_width}"]
   argv += [f"--gin.DATA_DIR='{os.path.abspath(args.data)}'", f"--gin.SEED={p.seed}"]
@@ -98,7 +99,6 @@ def build_argv(args, k: int) -> list[str]:
 
 
 def run(args) -> int:
-  from scone_jax.cli import main
   points = grid(args)
   if args.emit:
     for k in args.max_n:
@@ -110,7 +110,7 @@ def run(args) -> int:
     env = dict(os.environ)
     for k in args.max_n:
       if not os.path.isfile(os.path.join(_fg_dir(args, k), "meta.json")):
-        if main(build_argv(args, k)):
+        if cli.main(build_argv(args, k)):
           raise UserError(f"building the K={k} f-grams failed (see above)")
     for i, p in enumerate(points):
       summary = os.path.join(args.out, "runs", p.name, "summary.json")

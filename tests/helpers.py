@@ -1,11 +1,23 @@
-"""Small shared test fixtures: synthetic prepared data directories and tiny experiments."""
+"""Small shared test helpers: synthetic prepared data directories, tiny experiments, processes
+run side by side, and a step-by-step decoding driver. (Brute-force references: tests/reference.py.)"""
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 
 import numpy as np
 
 from scone_jax.data import shards
+from scone_jax.train import metrics
+
+# The suite-wide tiny corpus, f-grams and SCONE run (fixtures in conftest.py).
+WORDS = {"subject": ["the cat", "a dog", "my friend", "the old man", "a small bird", "the teacher"],
+         "verb": ["sat on", "looked at", "ran to", "jumped over", "walked past", "painted"],
+         "object": ["the mat", "the red house", "a big tree", "the river", "the garden wall", "a boat"]}
+TINY_FGRAMS = 150          # |V_f| of the shared f-grams (K = 3)
+TINY_ROWS_PER_SHARD = 64   # the shared store: 3 blocks, the last one partial
+TINY_STEPS = 4             # the shared run: checkpoints at steps 2 and 4
 
 
 def make_data(path: str, *, vocab: int = 64, docs: int = 120, val_docs: int = 12, min_len: int = 3,
@@ -25,8 +37,6 @@ def make_data(path: str, *, vocab: int = 64, docs: int = 120, val_docs: int = 12
       written[split].append(doc)
     w.close()
     counts[split] = (w.num_documents, w.num_tokens)
-  import glob
-  import hashlib
   sha = {os.path.basename(p): hashlib.sha256(open(p, "rb").read()).hexdigest()
          for p in glob.glob(os.path.join(path, "*.array_record"))}
   shards.write_meta(path, shards.DataMeta(
@@ -45,11 +55,101 @@ def tiny_bindings(data_dir: str, steps: int, **extra) -> list[str]:
 
 
 def read_metrics(workdir: str, split: str = "train") -> dict[int, dict]:
-  import json
-  out = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      if r["split"] == split:
-        out[r["step"]] = r
-  return out
+  """RUN/metrics.jsonl of one split by step (a step logged twice: its last record)."""
+  return {r["step"]: r for r in metrics.read(workdir, split)}
+
+
+# ---- processes ------------------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+  """A TCP port on loopback that nothing listens on now (for a jax.distributed coordinator)."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_all(jobs: list[tuple[list[str], int, str]], timeout_s: float = 150) -> None:
+  """Runs (command, local CPU devices, log file) jobs side by side in the repository root; all
+  must exit 0 within timeout_s. On a failure or the timeout every job still running is killed."""
+  import subprocess
+  import time
+
+  import pytest
+
+  from scone_jax import parallel
+  procs = []
+  try:
+    for cmd, devices, log in jobs:
+      env = {**os.environ, "XLA_FLAGS": parallel.fake_cpu_devices_flags(devices),
+             "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+      out = open(log, "w")
+      procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT), out, log))
+    deadline = time.monotonic() + timeout_s
+    while True:
+      for proc, _, log in procs:
+        if proc.poll():   # a failed process leaves its peers waiting in a collective: stop now
+          with open(log) as f:
+            pytest.fail(f"{log}: exited {proc.returncode}:\n{f.read()[-3000:]}")
+      if all(proc.poll() == 0 for proc, _, _ in procs):
+        return
+      if time.monotonic() > deadline:
+        pytest.fail(f"the jobs did not finish in {timeout_s} s; logs in {os.path.dirname(jobs[0][2])}")
+      time.sleep(0.5)
+  finally:
+    for proc, out, _ in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+      out.close()
+
+
+# ---- decoding -------------------------------------------------------------------------------------
+
+def stepwise_logits(decoder, seqs, prompt_lens, steps: int) -> dict[tuple[int, int], np.ndarray]:
+  """Drives a scone_jax.serve.decode.Decoder: prefill the first prompt_lens tokens of each
+  sequence ([BOS] + seq), then feed the rest one token a step (teacher forcing), checking that
+  every step donates the KV cache. Returns {(row, position): logits [V]} for every position a
+  real token was predicted from."""
+  b = len(seqs)
+  inputs = [np.concatenate([[2], s]).astype(np.int32) for s in seqs]
+  padded = np.zeros((b, max(prompt_lens)), np.int32)
+  for i, x in enumerate(inputs):
+    padded[i, :prompt_lens[i]] = x[:prompt_lens[i]]
+  _, logits, cache = decoder.prefill(padded, np.array(prompt_lens), max(prompt_lens) + steps)
+  got = {(i, prompt_lens[i] - 1): np.asarray(logits)[i] for i in range(b)}
+  h = decoder.features.history_len
+  for t in range(steps):
+    pos = [min(prompt_lens[i] + t, len(inputs[i]) - 1) for i in range(b)]
+    tokens = np.array([inputs[i][p] for i, p in enumerate(pos)], np.int32)
+    history = np.full((b, h), -1, np.int64)
+    for i, p in enumerate(pos):
+      tail = inputs[i][max(0, p - h + 1):p + 1]
+      history[i, h - len(tail):] = tail
+    old = cache
+    _, logits, cache = decoder.step(cache, tokens, decoder.features.step(history).result(), t)
+    assert old.k.is_deleted()   # decode_step donates the cache
+    for i in range(b):
+      if prompt_lens[i] + t < len(inputs[i]):
+        got[(i, prompt_lens[i] + t)] = np.asarray(logits)[i]
+  return got
+
+
+# ---- fault injection ------------------------------------------------------------------------------
+
+FAULT_SEED_ENV = "SCONE_FAULT_SEED"
+DEFAULT_FAULT_SEED = 20260101
+
+
+def fault_rng(what: str) -> tuple[np.random.Generator, str]:
+  """The generator a fault-injection test draws its kill steps and kill times from, seeded by
+  $SCONE_FAULT_SEED (default DEFAULT_FAULT_SEED), and a label naming the seed for assertion
+  messages. The seed is printed (pytest -s shows it): `SCONE_FAULT_SEED=N pytest ...` replays a
+  failure's schedule (times still race with the machine's speed; steps replay exactly)."""
+  seed = int(os.environ.get(FAULT_SEED_ENV, DEFAULT_FAULT_SEED))
+  label = f"{FAULT_SEED_ENV}={seed}"
+  print(f"{what}: kill schedule drawn with {label}")
+  return np.random.default_rng(seed), label

@@ -15,7 +15,7 @@ from scone_jax.train import aot
 from scone_jax.train.state import Trainer
 from tests.helpers import make_data
 
-TINY = ["--gin_file", "runs/tiny_mesh8.gin", "--gin.ModelConfig.vocab_size=4096"]
+TINY = ["--gin_file", "models/tiny.gin", "--gin_file", "runs/cpu_mesh8.gin", "--gin.ModelConfig.vocab_size=4096"]
 SIZE = re.compile(r"([\d.]+) (GiB|MiB)")
 
 # Published slice shapes (Cloud TPU docs): v4/v5p names count TensorCores, v5e/v6e count chips.
@@ -74,7 +74,7 @@ def test_fit_decision_follows_the_hbm_limit(capsys):
 
 
 def test_huge_model_on_one_chip_does_not_fit(capsys):
-  rc, out, _ = _compile(capsys, "--gin_file", "runs/tiny_cpu.gin", "--topology", "v5e-1",
+  rc, out, _ = _compile(capsys, "--gin_file", "models/tiny.gin", "--gin_file", "runs/cpu.gin", "--topology", "v5e-1",
                         "--gin.ModelConfig.vocab_size=50304", "--gin.ModelConfig.d_model=2048",
                         "--gin.ModelConfig.num_heads=16", "--gin.ModelConfig.num_kv_heads=16",
                         "--gin.ModelConfig.d_ff=8192", "--gin.ModelConfig.num_layers=8",
@@ -100,7 +100,8 @@ def test_mesh_that_does_not_divide_the_slice_exits_2(capsys):
 def test_scone_run_compiles_with_its_data_and_fgrams(capsys, tmp_path):
   data_dir = make_data(str(tmp_path / "data"))[0]
   build(data_dir, str(tmp_path / "fg"), max_n=3, size=50, min_count=2)
-  scone = ["--gin_file", "runs/tiny_scone_mesh8.gin", "--topology", "v5e-8"]
+  scone = ["--gin_file", "models/tiny.gin", "--gin_file", "methods/scone.gin", "--gin_file", "runs/cpu_mesh8.gin",
+           "--topology", "v5e-8"]
   rc, out, err = _compile(capsys, *scone, f"--gin.DATA_DIR='{data_dir}'", f"--gin.FGRAM_DIR='{tmp_path / 'fg'}'")
   assert rc == 0 and "fits: total" in out, out + err
   assert int(re.search(r"training-only ([\d,]+)", out).group(1).replace(",", "")) > 0   # A_f is in the step
@@ -109,7 +110,7 @@ def test_scone_run_compiles_with_its_data_and_fgrams(capsys, tmp_path):
 
 
 def test_missing_vocabulary_size_exits_2(capsys):
-  rc, _, err = _compile(capsys, "--gin_file", "runs/tiny_mesh8.gin", "--topology", "v5e-8")
+  rc, _, err = _compile(capsys, "--gin_file", "models/tiny.gin", "--gin_file", "runs/cpu_mesh8.gin", "--topology", "v5e-8")
   assert rc == 2 and "ModelConfig.vocab_size is unset" in err
 
 
@@ -118,6 +119,7 @@ PAPER_MODELS = sorted(f"models/{os.path.basename(p)}" for p in glob.glob(f"{EXPE
 POD_RUNS = {"runs/v5p_256.gin": "v5p-256", "runs/v6e_256.gin": "v6e-256"}
 
 
+@pytest.mark.slow
 def test_paper_sizes_lower_on_their_pods():
   """Every paper-size model file with every pod run file: the mesh covers the slice, every
   parameter and the batch divide over it, and the real train step lowers (compiling them all
@@ -138,17 +140,18 @@ def test_paper_sizes_lower_on_their_pods():
       assert "jit_train_step" in lowered.as_text()[:2000]
 
 
-@pytest.mark.parametrize("model_file,layers", [("models/olmo1b_scone_af06b.gin", 9), ("models/olmo1b_scone_af18b.gin", 27)])
-def test_olmo_1b_scone_lowers_on_v5p_256_without_data(model_file, layers):
+@pytest.mark.slow
+@pytest.mark.parametrize("method_file,layers", [("methods/scone_af06b.gin", 9), ("methods/scone_af18b.gin", 27)])
+def test_olmo_1b_scone_lowers_on_v5p_256_without_data(method_file, layers):
   """The 1B-class SCONE configs size themselves from FgramConfig.max_n/size (no f-gram file)."""
   topo = aot.parse_topology("v5p-256")
   devices = aot.topology_devices(topo)
   hosts = len({d.process_index for d in devices})
-  exp = aot.load_experiment([model_file, "runs/v5p_256.gin"], [])
-  assert exp.fgram.num_layers == layers and exp.max_n == 5 and exp.num_fgrams == 10_000_000
+  exp = aot.load_experiment(["models/olmo_d2048_l18.gin", method_file, "runs/v5p_256.gin"], [])
+  method = exp.method
+  assert method.fgram.num_layers == layers and method.max_n == 5 and method.num_fgrams == 10_000_000
   trainer = Trainer(exp.model, exp.train, parallel.make_mesh(exp.mesh, devices), exp.build_model)
-  from scone_jax.models import accounting
-  acct = accounting.for_experiment(exp, trainer.abstract_params, hosts, trainer.batch_devices)
+  acct = exp.accounting(trainer.abstract_params, hosts, trainer.batch_devices)
   assert acct.offloaded_entries == 10_000_000 * 2048
   per_block = 2048 * 128 * (16 * 4) + 3 * 2048 * 8192 + 2 * 2048
   assert acct.training_params == layers * per_block + 5 * 2048 + 2048   # blocks, positions, final norm

@@ -37,7 +37,7 @@ def env(tmp_path_factory):
   (root / "full" / "x").write_text("x")
   # A run with a checkpoint, and a run directory without one.
   run = str(root / "run")
-  assert main(["train", "--gin_file", "runs/tiny_cpu.gin", *[f"--gin.{b.replace(' = ', '=')}" for b in tiny_bindings(data, 1)],
+  assert main(["train", "--gin_file", "models/tiny.gin", "--gin_file", "runs/cpu.gin", *[f"--gin.{b.replace(' = ', '=')}" for b in tiny_bindings(data, 1)],
                "--workdir", run, "--quiet"]) == 0
   os.makedirs(root / "run_no_ckpt")
   with open(root / "run_no_ckpt" / "config.gin", "w") as f:
@@ -59,7 +59,7 @@ def env(tmp_path_factory):
 
 
 def _train(e, *extra, data=None):
-  return ["train", "--gin_file", "runs/tiny_cpu.gin", f"--gin.DATA_DIR='{data or e['data']}'", *extra,
+  return ["train", "--gin_file", "models/tiny.gin", "--gin_file", "runs/cpu.gin", f"--gin.DATA_DIR='{data or e['data']}'", *extra,
           "--workdir", f"{e['root']}/out_train"]
 
 
@@ -96,14 +96,14 @@ ROWS = [
     ("train-unknown-configurable", lambda e: _train(e, "--gin.NoSuchThing.x=1"), "NoSuchThing", "out_train"),
     ("train-unknown-field", lambda e: _train(e, "--gin.ModelConfig.no_such_field=3"), "no_such_field", "out_train"),
     ("train-gin-file-missing", lambda e: ["train", "--gin_file", "runs/nope.gin", "--workdir", f"{e['root']}/out_train"], "nope.gin", "out_train"),
-    ("train-data-dir-unset", lambda e: ["train", "--gin_file", "runs/tiny_cpu.gin", "--workdir", f"{e['root']}/out_train"], "DATA_DIR", "out_train"),
+    ("train-data-dir-unset", lambda e: ["train", "--gin_file", "models/tiny.gin", "--gin_file", "runs/cpu.gin", "--workdir", f"{e['root']}/out_train"], "DATA_DIR", "out_train"),
     ("train-data-dir-not-prepared", lambda e: _train(e, data=f"{e['root']}/text"), "meta.json", "out_train"),
     ("train-mesh-does-not-divide-devices", lambda e: _train(e, "--gin.MeshConfig.fsdp=3"), "does not divide", "out_train"),
     ("train-sequence-longer-than-model", lambda e: _train(e, "--gin.DataConfig.seq_len=4096"), "max_seq_len", "out_train"),
     ("train-batch-not-divisible", lambda e: _train(e, "--gin.DataConfig.batch_size=3"), "batch_size", "out_train"),
     ("train-model-vocab-smaller-than-data", lambda e: _train(e, "--gin.ModelConfig.vocab_size=10"), "vocab_size", "out_train"),
-    ("train-fgrams-from-other-data", lambda e: _train(e, "--gin_file", "models/tiny_scone.gin", f"--gin.FGRAM_DIR='{e['other']}/../fg_other'"), "other data", "out_train"),
-    ("train-fgram-size-larger-than-file", lambda e: _train(e, "--gin_file", "models/tiny_scone.gin", f"--gin.FGRAM_DIR='{e['root']}/fg'", "--gin.FgramConfig.size=100000"), "holds only", "out_train"),
+    ("train-fgrams-from-other-data", lambda e: _train(e, "--gin_file", "methods/scone.gin", f"--gin.FGRAM_DIR='{e['other']}/../fg_other'"), "other data", "out_train"),
+    ("train-fgram-size-larger-than-file", lambda e: _train(e, "--gin_file", "methods/scone.gin", f"--gin.FGRAM_DIR='{e['root']}/fg'", "--gin.FgramConfig.size=100000"), "holds only", "out_train"),
     ("train-corrupted-shard", lambda e: _train(e, data=f"{e['root']}/corrupt"), "sha256", "out_train"),
     ("train-unknown-flag", lambda e: _train(e, "--bogus_flag"), "bogus_flag", "out_train"),
     ("eval-workdir-not-a-run", lambda e: ["eval", "--workdir", f"{e['root']}/text"], "config.gin", None),

@@ -3,48 +3,31 @@ logits equal a full forward pass (baseline, SCONE with A_f, SCONE from RAM and d
 batch of prompts of different lengths; greedy tokens are the same from every f-gram source."""
 from __future__ import annotations
 
-import math
-
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from scone_jax import experiment, parallel
-from scone_jax.config import FgramConfig, MeshConfig, ModelConfig, TrainConfig
+from scone_jax import parallel
+from scone_jax.config import DataConfig, MeshConfig, ModelConfig, TrainConfig
 from scone_jax.export import layout as L
 from scone_jax.export.manifest import Identity
-from scone_jax.export.run import params_sha256
-from scone_jax.export.writer import AfRows, export_table, fgram_token_matrix
+from scone_jax.export.writer import AfRows, export_table
 from scone_jax.fgram.matcher import ExactMatcher
 from scone_jax.fgram.vocab import FgramMeta, FgramVocab
+from scone_jax.methods.base import TokenFeatures
+from scone_jax.methods.scone import DistinctFgrams, FgramConfig, FgramTokens, MatchRow, Scone
 from scone_jax.models import build_model
-from scone_jax.serve import lookup
+from scone_jax.models.kv_cache import KVCache
 from scone_jax.serve.decode import Decoder
-from scone_jax.serve.kv_cache import KVCache
 from scone_jax.serve.sampling import Sampling, filter_logits, sample
 from scone_jax.serve.store import open_store
+from scone_jax.train.restore import params_sha256
 from scone_jax.train.state import Trainer
+from tests.helpers import stepwise_logits
+from tests.reference import reference_filter
 
 VOCAB, K = 40, 3
-
-
-def _reference_filter(row: np.ndarray, s: Sampling) -> set[int]:
-  """The tokens top-k / top-p keep, by sorting in plain Python."""
-  x = [float(v) / s.temperature for v in row]
-  order = sorted(range(len(x)), key=lambda i: -x[i])
-  kept = order[:s.top_k] if s.top_k else order
-  if s.top_p < 1:
-    z = [math.exp(x[i] - x[kept[0]]) for i in kept]
-    probs = [v / sum(z) for v in z]
-    out, mass = [], 0.0
-    for i, p in zip(kept, probs):
-      out.append(i)
-      mass += p
-      if mass >= s.top_p:
-        break
-    kept = out
-  return set(kept)
 
 
 @pytest.mark.parametrize("s", [Sampling(1.0, 5, 1.0), Sampling(0.7, 0, 0.5), Sampling(1.3, 8, 0.8), Sampling(2.0, 0, 1.0)])
@@ -53,9 +36,9 @@ def test_sampling_keeps_exactly_the_reference_set(s):
   logits = rng.normal(size=(6, 30)).astype(np.float32) * 3
   filtered = np.asarray(filter_logits(logits, s))
   for row, f in zip(logits, filtered):
-    assert set(np.flatnonzero(np.isfinite(f))) == _reference_filter(row, s)
+    assert set(np.flatnonzero(np.isfinite(f))) == reference_filter(row, s)
     np.testing.assert_allclose(f[np.isfinite(f)], row[np.isfinite(f)] / s.temperature, rtol=1e-6)
-  allowed = [_reference_filter(row, s) for row in logits]
+  allowed = [reference_filter(row, s) for row in logits]
   draws = np.stack([np.asarray(sample(logits, jax.random.key(i), s)) for i in range(40)])
   assert all(int(t) in allowed[b] for b in range(6) for t in draws[:, b])
   again = np.stack([np.asarray(sample(logits, jax.random.key(i), s)) for i in range(40)])
@@ -96,23 +79,24 @@ def scone(tmp_path_factory):
                     embedding="scone", remat_policy="none")
   fcfg = FgramConfig(num_layers=1)
   mesh = parallel.make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
-  trainer = Trainer(cfg, TrainConfig(), mesh, lambda: build_model(cfg, 0, fgram=fcfg, max_n=K))
+  method = Scone(cfg, DataConfig(), fcfg, vocab)
+  trainer = Trainer(cfg, TrainConfig(), mesh, lambda: method.build_model(0))
   params = trainer.init().params
-  tokens, lengths = fgram_token_matrix(vocab)
+  tokens, lengths = vocab.token_matrix()
   identity = Identity(params_sha256(params), "fgrams-test", len(vocab), cfg.d_model, K)
   lay = L.Layout(len(vocab), cfg.d_model, K, "float32", 16, 16)
   urls = {"disk": str(tmp_path_factory.mktemp("store") / "s"), "remote": "memory://test_decode/"}
   rows_fn = AfRows(trainer, params, "float32")
   for url in urls.values():
     assert export_table(url, lay, tokens, lengths, rows_fn, identity)["complete"]
-  return dict(vocab=vocab, cfg=cfg, trainer=trainer, params=params, identity=identity, urls=urls)
+  return dict(vocab=vocab, cfg=cfg, method=method, trainer=trainer, params=params, identity=identity, urls=urls)
 
 
 def _features(scone, source: str):
   if source == "none":
-    return lookup.FgramModelFeatures(scone["vocab"])
+    return scone["method"].decode_features()
   tier, url = ("ram", scone["urls"]["disk"]) if source == "ram" else (source, scone["urls"][source])
-  return lookup.StoreFeatures(open_store(url, tier, expected=scone["identity"]))
+  return scone["method"].decode_features(open_store(url, tier, expected=scone["identity"]))
 
 
 def _full_logits(model, seqs, vocab: FgramVocab | None) -> np.ndarray:
@@ -126,39 +110,12 @@ def _full_logits(model, seqs, vocab: FgramVocab | None) -> np.ndarray:
     segments[i, :len(s) + 1] = 1
   batch = {"inputs": x, "positions": np.tile(np.arange(width, dtype=np.int32), (len(seqs), 1)), "segment_ids": segments}
   if vocab is not None:
-    match = experiment.MatchRow(ExactMatcher(vocab))
+    match = MatchRow(ExactMatcher(vocab))
     rows = [match({k: v[i] for k, v in batch.items()}) for i in range(len(seqs))]
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    batch = experiment.DistinctFgrams(vocab, x.size)(batch)
+    batch = DistinctFgrams(FgramTokens(vocab), x.size)(batch)
   graphdef, state = nnx.split(model)
   return np.asarray(jax.jit(lambda st, b: nnx.merge(graphdef, st)(b))(state, batch))
-
-
-def _stepwise_logits(decoder: Decoder, seqs, prompt_lens, steps: int):
-  """Prefill the first prompt_lens tokens of each sequence, then feed the rest one token a step.
-  Returns {(row, position): logits [V]} for every position a real token was predicted from."""
-  b = len(seqs)
-  inputs = [np.concatenate([[2], s]).astype(np.int32) for s in seqs]
-  padded = np.zeros((b, max(prompt_lens)), np.int32)
-  for i, x in enumerate(inputs):
-    padded[i, :prompt_lens[i]] = x[:prompt_lens[i]]
-  _, logits, cache = decoder.prefill(padded, np.array(prompt_lens), max(prompt_lens) + steps)
-  got = {(i, prompt_lens[i] - 1): np.asarray(logits)[i] for i in range(b)}
-  h = decoder.features.history_len
-  for t in range(steps):
-    pos = [min(prompt_lens[i] + t, len(inputs[i]) - 1) for i in range(b)]
-    tokens = np.array([inputs[i][p] for i, p in enumerate(pos)], np.int32)
-    history = np.full((b, h), -1, np.int64)
-    for i, p in enumerate(pos):
-      tail = inputs[i][max(0, p - h + 1):p + 1]
-      history[i, h - len(tail):] = tail
-    old = cache
-    _, logits, cache = decoder.step(cache, tokens, decoder.features.step(history).result(), t)
-    assert old.k.is_deleted()   # decode_step donates the cache
-    for i in range(b):
-      if prompt_lens[i] + t < len(inputs[i]):
-        got[(i, prompt_lens[i] + t)] = np.asarray(logits)[i]
-  return got
 
 
 @pytest.mark.parametrize("scan", [True, False])
@@ -167,10 +124,10 @@ def test_baseline_stepwise_logits_equal_full_forward(scan):
                     scan_layers=scan, remat_policy="none")
   model = build_model(cfg, 1)
   graphdef, params = nnx.split(model)
-  decoder = Decoder(lambda p: nnx.merge(graphdef, p), params, cfg, lookup.TokenFeatures())
+  decoder = Decoder(lambda p: nnx.merge(graphdef, p), params, cfg, TokenFeatures())
   rng = np.random.default_rng(1)
   seqs = [rng.integers(4, VOCAB, n).astype(np.int32) for n in (10, 6, 13)]
-  got = _stepwise_logits(decoder, seqs, [4, 2, 5], 9)
+  got = stepwise_logits(decoder, seqs, [4, 2, 5], 9)
   full = _full_logits(model, seqs, None)
   for (row, p), logits in got.items():
     np.testing.assert_allclose(logits, full[row, p], rtol=1e-5, atol=1e-5)
@@ -191,7 +148,7 @@ def test_scone_stepwise_logits_equal_full_forward(scone, source):
   seqs = _sequences(rng, scone["vocab"], (12, 7, 10))
   model = scone["trainer"].model(scone["params"])
   decoder = Decoder(scone["trainer"].model, scone["params"], scone["cfg"], _features(scone, source))
-  got = _stepwise_logits(decoder, seqs, [5, 2, 6], 11)
+  got = stepwise_logits(decoder, seqs, [5, 2, 6], 11)
   full = _full_logits(model, seqs, scone["vocab"])
   for (row, p), logits in got.items():
     np.testing.assert_allclose(logits, full[row, p], rtol=1e-5, atol=1e-5)

@@ -20,29 +20,23 @@ import zarr
 from scone_jax.cli import main
 from scone_jax.errors import UserError
 from scone_jax.export import layout as L
-from scone_jax.export.run import load_run, params_sha256
-from scone_jax.export.writer import AfRows, export_table, fgram_token_matrix
+from scone_jax.export.manifest import identity_of
+from scone_jax.export.writer import AfRows, export_table
 from scone_jax.serve.store import open_store
-from tests.helpers import make_data, tiny_bindings
-from tests.test_multihost import _free_port, _run_all
+from scone_jax.train.restore import load_run, params_sha256
+from tests.helpers import TINY_FGRAMS, TINY_ROWS_PER_SHARD, TINY_STEPS, fault_rng, free_port, run_all
 
-ROWS_PER_SHARD = 64   # 150 f-grams: 3 blocks, the last one partial
+ROWS_PER_SHARD = TINY_ROWS_PER_SHARD   # 150 f-grams: 3 blocks, the last one partial
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  from scone_jax import experiment
-  from scone_jax.fgram.build import build
-  from scone_jax.train import loop
-  tmp = tmp_path_factory.mktemp("export")
-  data, _ = make_data(str(tmp / "data"), docs=150)
-  build(data, str(tmp / "fg"), max_n=3, size=150, min_count=2)
-  bindings = tiny_bindings(data, 4) + [f"FGRAM_DIR = '{tmp}/fg'", "TrainConfig.checkpoint_every = 2"]
-  loop.train(experiment.load(["runs/tiny_scone_mesh8.gin"], bindings), str(tmp / "run"), quiet=True)
-  workdir = str(tmp / "run")
-  store = str(tmp / "store_f32")
-  assert main(["export", "--workdir", workdir, "--out", store, "--rows_per_shard", str(ROWS_PER_SHARD)]) == 0
-  return {"tmp": tmp, "workdir": workdir, "store": store, "loaded": load_run(workdir)}
+def run(tmp_path_factory, tiny_scone_run):
+  """The suite's tiny SCONE run (conftest.py: 4 steps on the (2, 2, 2) mesh, 150 f-grams, K = 3)
+  and its float32 store (read-only); this module writes its stores under `tmp`."""
+  assert TINY_FGRAMS == 150 and TINY_STEPS == 4
+  workdir = tiny_scone_run["workdir"]
+  return {"tmp": tmp_path_factory.mktemp("export"), "workdir": workdir, "store": tiny_scone_run["store"],
+          "loaded": load_run(workdir)}
 
 
 def _read(url: str, name: str) -> np.ndarray:
@@ -53,12 +47,12 @@ def _reference_table(loaded) -> np.ndarray:
   """A_f of each f-gram on its own, unpadded: [S, d] float32."""
   model = loaded.trainer.model(jax.device_get(loaded.params))
   fn = jax.jit(lambda toks: model.input_embedding.fgram_embeddings(model, toks, jnp.array([toks.shape[1]])))
-  return np.stack([np.asarray(fn(np.array([g], np.int32)))[0] for g in loaded.exp.fgram_vocab.as_tuples()])
+  return np.stack([np.asarray(fn(np.array([g], np.int32)))[0] for g in loaded.exp.method.fgram_vocab.as_tuples()])
 
 
 def test_export_holds_af_of_every_fgram_and_zarr_reads_it(run):
   loaded = run["loaded"]
-  vocab = loaded.exp.fgram_vocab
+  vocab = loaded.exp.method.fgram_vocab
   table = _read(run["store"], "embeddings")
   np.testing.assert_allclose(table, _reference_table(loaded), rtol=1e-5, atol=1e-6)
   tokens = _read(run["store"], "fgram_tokens")
@@ -73,22 +67,22 @@ def test_export_holds_af_of_every_fgram_and_zarr_reads_it(run):
   assert manifest["checkpoint_sha256"] == params_sha256(loaded.params) and manifest["checkpoint_step"] == 4
   assert manifest["arrays"]["embeddings"] == L.array_sha256(table, ROWS_PER_SHARD)
   assert sorted(os.listdir(os.path.join(run["store"], "embeddings", "c"))) == ["0", "1", "2"]   # one shard a block
-  assert open_store(run["store"], "ram", expected=loaded.identity()).layout.num_rows == 150
+  assert open_store(run["store"], "ram", expected=identity_of(loaded)).layout.num_rows == 150
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "int8"])
 def test_every_dtype_is_the_float32_table_converted(run, dtype):
   loaded = run["loaded"]
   url = str(run["tmp"] / f"store_{dtype}")
-  tokens, lengths = fgram_token_matrix(loaded.exp.fgram_vocab)
+  tokens, lengths = loaded.exp.method.fgram_vocab.token_matrix()
   lay = L.Layout(150, 32, 3, dtype, ROWS_PER_SHARD, L.inner_rows_for(32, dtype, ROWS_PER_SHARD))
-  assert export_table(url, lay, tokens, lengths, AfRows(loaded.trainer, loaded.params, dtype), loaded.identity())["complete"]
+  assert export_table(url, lay, tokens, lengths, AfRows(loaded.trainer, loaded.params, dtype), identity_of(loaded))["complete"]
   full = _read(run["store"], "embeddings")
   stored = _read(url, "embeddings")
   L.register_zarr_bfloat16()
   group = zarr.open_group(url, mode="r")
   np.testing.assert_array_equal(group["embeddings"][:].view(np.uint8), stored.view(np.uint8))
-  rows = open_store(url, "disk", expected=loaded.identity()).fetch(np.array([0, 7, 149])).result()
+  rows = open_store(url, "disk", expected=identity_of(loaded)).fetch(np.array([0, 7, 149])).result()
   if dtype == "int8":
     scales = _read(url, "scales")
     np.testing.assert_array_equal(group["scales"][:], scales)
@@ -107,7 +101,7 @@ def test_memory_and_file_url_kvstores(run):
   assert main(["export", "--workdir", run["workdir"], "--out", url, "--rows_per_shard", str(ROWS_PER_SHARD)]) == 0
   want = _read(run["store"], "embeddings")
   for tier, where in (("ram", url), ("remote", url), ("remote", "file://" + run["store"])):
-    store = open_store(where, tier, expected=loaded.identity())
+    store = open_store(where, tier, expected=identity_of(loaded))
     np.testing.assert_array_equal(store.fetch(np.arange(150)).result(), want)
 
 
@@ -120,7 +114,7 @@ def test_interrupted_export_is_incomplete_then_resumes(run, capsys):
   assert not os.path.exists(os.path.join(url, "manifest.json"))
   assert len(os.listdir(os.path.join(url, "progress"))) == 2   # config + one block
   with pytest.raises(UserError, match="no manifest.json"):
-    open_store(url, "disk", expected=loaded.identity())
+    open_store(url, "disk", expected=identity_of(loaded))
   assert main(cmd[:-2] + ["--rows_per_shard", "128"]) == 2   # other settings: refused, not mixed
   assert "--restart" in capsys.readouterr().err
   assert main(cmd) == 0
@@ -143,7 +137,7 @@ def test_stores_of_another_checkpoint_or_fgram_file_are_refused(run, capsys):
   assert main(["export", "--workdir", run["workdir"], "--out", url, "--step", "2"]) == 0
   assert main(["eval", "--workdir", run["workdir"], "--store", url, "--format", "json"]) == 2
   assert "another checkpoint" in capsys.readouterr().err
-  other_fgrams = dataclasses.replace(loaded.identity(), fgrams_sha256="0" * 64)
+  other_fgrams = dataclasses.replace(identity_of(loaded), fgrams_sha256="0" * 64)
   with pytest.raises(UserError, match="another fgrams.parquet"):
     open_store(run["store"], "ram", expected=other_fgrams)
   foreign = run["tmp"] / "not_a_store"
@@ -153,14 +147,15 @@ def test_stores_of_another_checkpoint_or_fgram_file_are_refused(run, capsys):
   assert (foreign / "notes.txt").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_store_one_process_writes(run):
   """2 processes x 4 CPU devices on the run's (data 2, fsdp 2, tensor 2) mesh, each writing its
   own blocks, produce the single-process store."""
   url = str(run["tmp"] / "store_2proc")
-  port = _free_port()
+  port = free_port()
   cmd = [sys.executable, "-m", "scone_jax.cli", "export", "--workdir", run["workdir"], "--out", url,
          "--rows_per_shard", str(ROWS_PER_SHARD), "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2"]
-  _run_all([(cmd + ["--process_id", str(i)], 4, str(run["tmp"] / f"export_{i}.log")) for i in range(2)])
+  run_all([(cmd + ["--process_id", str(i)], 4, str(run["tmp"] / f"export_{i}.log")) for i in range(2)])
   with open(os.path.join(url, "manifest.json")) as a, open(os.path.join(run["store"], "manifest.json")) as b:
     got, want = json.load(a), json.load(b)
   assert got["checkpoint_sha256"] == want["checkpoint_sha256"]
@@ -172,29 +167,30 @@ def test_two_processes_write_the_store_one_process_writes(run):
   assert [m["process"] for m in markers] == [0, 1, 0]   # pending blocks dealt round-robin
 
 
+@pytest.mark.slow
 def test_sigkill_during_export_then_rerun_completes(run):
   """A real process killed at a random moment of `export`: no manifest unless it finished, and a
   rerun of the same command completes a store identical to an uninterrupted one."""
   import signal
-  import subprocess
-  import sys
   import time
   url = str(run["tmp"] / "store_killed")
   cmd = [sys.executable, "-m", "scone_jax.cli", "export", "--workdir", run["workdir"], "--out", url,
          "--rows_per_shard", "16"]
   env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
-  rng = np.random.default_rng(int(time.time()))
-  for delay in sorted(rng.uniform(2.0, 12.0, size=2)):
+  rng, seed = fault_rng("sigkill during export")
+  delays = sorted(float(d) for d in rng.uniform(2.0, 12.0, size=2))
+  print(f"killing after {delays} s")
+  for delay in delays:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     if not os.path.exists(os.path.join(url, "manifest.json")):
       with pytest.raises(UserError):
-        open_store(url, "disk", expected=run["loaded"].identity())
-  assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
-  np.testing.assert_array_equal(_read(url, "embeddings"), _read(run["store"], "embeddings"))
-  np.testing.assert_array_equal(_read(url, "fgram_tokens"), _read(run["store"], "fgram_tokens"))
+        open_store(url, "disk", expected=identity_of(run["loaded"]))
+  assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0, (seed, delays)
+  np.testing.assert_array_equal(_read(url, "embeddings"), _read(run["store"], "embeddings"), err_msg=f"{seed}, {delays}")
+  np.testing.assert_array_equal(_read(url, "fgram_tokens"), _read(run["store"], "fgram_tokens"), err_msg=f"{seed}, {delays}")
 
 
 def test_corrupted_chunk_is_detected_not_decoded(run, capsys):
@@ -208,7 +204,7 @@ def test_corrupted_chunk_is_detected_not_decoded(run, capsys):
   raw = bytearray(open(shard, "rb").read())
   raw[100] ^= 0x40
   open(shard, "wb").write(bytes(raw))
-  expected = run["loaded"].identity()
+  expected = identity_of(run["loaded"])
   with pytest.raises(UserError, match="corrupted"):
     open_store(url, "ram", expected=expected)
   store = open_store(url, "disk", expected=expected)

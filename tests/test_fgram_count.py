@@ -1,4 +1,4 @@
-"""f-gram counting (METHODS.md 1.1): local counter, Beam pipeline and `fgrams build` vs brute force."""
+"""f-gram counting (docs/METHODS.md 1.1): local counter, Beam pipeline and `fgrams build` vs brute force."""
 from __future__ import annotations
 
 import collections
@@ -10,24 +10,9 @@ from hypothesis import given, settings, strategies as st
 
 from scone_jax import cli
 from scone_jax.data.shards import DataMeta, ShardWriter, data_fingerprint, write_meta
-from scone_jax.fgram import vocab as vocab_lib
+from scone_jax.fgram import count as count_lib, vocab as vocab_lib
 from scone_jax.fgram.count import count_fgrams, merge_runs, sort_and_count
-
-
-def brute_force(docs, special_ids, max_n, size, min_count):
-  """The definition: every n-gram (2..K) inside a document without special ids, count >= c_min,
-  ranked by (count desc, n asc, tokens asc), first S."""
-  counts = collections.Counter()
-  for doc in docs:
-    doc = [int(t) for t in doc]
-    for n in range(2, max_n + 1):
-      for i in range(len(doc) - n + 1):
-        gram = tuple(doc[i:i + n])
-        if not any(t in special_ids for t in gram):
-          counts[gram] += 1
-  kept = [(g, c) for g, c in counts.items() if c >= min_count]
-  kept.sort(key=lambda gc: (-gc[1], len(gc[0]), gc[0]))
-  return kept[:size]
+from tests.reference import brute_force_fgrams
 
 
 def as_pairs(ranked):
@@ -52,20 +37,30 @@ def test_count_equals_brute_force(tmp_path_factory, corpus, max_n, size, min_cou
                         special_ids=specials, max_n=max_n, size=size, min_count=min_count,
                         chunk_tokens=chunk_tokens, merge_block=merge_block,
                         tmp_dir=str(tmp_path_factory.getbasetemp()))
-  assert as_pairs(ranked) == brute_force(docs, specials, max_n, size, min_count)
-  assert ranked.tokens_counted == sum(len(d) for d in docs)
+  assert as_pairs(ranked) == brute_force_fgrams(docs, specials, max_n, size, min_count)
+  assert ranked.meta.tokens_counted == sum(len(d) for d in docs)
+  assert (ranked.meta.max_n, ranked.meta.size, ranked.meta.min_count) == (max_n, size, min_count)
+  assert ranked.meta.vocab_size == vocab_size and ranked.meta.num_fgrams == len(ranked)
 
 
-def test_forced_spilling_is_exact(tmp_path):
+def test_forced_spilling_is_exact(tmp_path, monkeypatch):
+  runs_merged = []  # per pass: how many chunk runs were merged
+
+  def merge_runs_spy(runs, block):
+    runs_merged.append(len(runs))
+    return merge_runs(runs, block)
+
+  monkeypatch.setattr(count_lib, "merge_runs", merge_runs_spy)
   rng = np.random.default_rng(0)
   docs = [rng.integers(0, 6, rng.integers(1, 60)) for _ in range(300)]
-  expected = brute_force(docs, {0}, 5, 200, 3)
+  expected = brute_force_fgrams(docs, {0}, 5, 200, 3)
   spilled = count_fgrams(docs, vocab_size=6, special_ids=(0,), max_n=5, size=200, min_count=3,
                          chunk_tokens=64, merge_block=4, tmp_dir=str(tmp_path))
-  assert spilled.num_chunks > 100
+  assert min(runs_merged) > 100
   assert as_pairs(spilled) == expected
+  runs_merged.clear()
   in_memory = count_fgrams(docs, vocab_size=6, special_ids=(0,), max_n=5, size=200, min_count=3, tmp_dir=str(tmp_path))
-  assert in_memory.num_chunks == 1 and as_pairs(in_memory) == expected
+  assert set(runs_merged) == {1} and as_pairs(in_memory) == expected
   assert os.listdir(tmp_path) == []  # the spill directory is removed
 
 
@@ -86,7 +81,7 @@ def test_large_vocabulary_keys_are_exact(tmp_path, vocab_size):
   docs = [np.concatenate([phrases[i % 4], rng.integers(0, vocab_size, 5), phrases[(i * 7) % 4]]) for i in range(40)]
   ranked = count_fgrams(docs, vocab_size=vocab_size, max_n=5, size=100, min_count=3, chunk_tokens=100,
                         tmp_dir=str(tmp_path))
-  assert as_pairs(ranked) == brute_force(docs, set(), 5, 100, 3)
+  assert as_pairs(ranked) == brute_force_fgrams(docs, set(), 5, 100, 3)
 
 
 def test_sort_and_count_and_merge_runs_against_counter():
@@ -156,7 +151,7 @@ def test_cli_build_writes_the_ranked_vocabulary(corpus, tmp_path, capsys):
                  "--chunk_tokens", 200, "--out", out) == 0
   assert "wrote 60 f-grams" in capsys.readouterr().out
   fgram_vocab = vocab_lib.load(str(out))
-  expected = brute_force(docs, {0, 1, 2}, 5, 60, 4)
+  expected = brute_force_fgrams(docs, {0, 1, 2}, 5, 60, 4)
   assert list(zip(fgram_vocab.as_tuples(), fgram_vocab.counts.tolist())) == expected
   assert any(len(g) == 5 for g, _ in expected)
   assert fgram_vocab.meta.max_n == 5 and fgram_vocab.meta.size == 60 and fgram_vocab.meta.min_count == 4
@@ -178,7 +173,7 @@ def test_beam_output_equals_local_output(corpus, tmp_path):
   assert local.as_tuples() == beam.as_tuples()
   assert np.array_equal(local.counts, beam.counts)
   assert local.meta == beam.meta  # same tokens counted, same parquet bytes (sha256)
-  assert list(zip(local.as_tuples(), local.counts.tolist())) == brute_force(docs, {0, 1, 2}, 4, 40, 3)
+  assert list(zip(local.as_tuples(), local.counts.tolist())) == brute_force_fgrams(docs, {0, 1, 2}, 4, 40, 3)
 
 
 def error_cases(data_dir, tmp_path):

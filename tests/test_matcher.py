@@ -1,7 +1,6 @@
-"""The exact matcher against a brute-force reference (METHODS.md 1.2), and `fgrams match`."""
+"""The exact matcher against a brute-force reference (docs/METHODS.md 1.2), and `fgrams match`."""
 from __future__ import annotations
 
-import collections
 import json
 import os
 
@@ -13,37 +12,9 @@ from scone_jax import cli
 from scone_jax.data import shards
 from scone_jax.fgram import vocab as vocab_lib
 from scone_jax.fgram.matcher import ExactMatcher, dedup_batch
+from tests.reference import brute_force_match, top_fgrams
 
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True)
-
-
-# ---- the reference ------------------------------------------------------------------------------
-
-def top_fgrams(corpus: list[int], max_n: int, size: int) -> list[tuple[int, ...]]:
-  """V_f by the definition: every n-gram (2..K) of the corpus, ranked (count desc, n asc, ids asc)."""
-  counts = collections.Counter(tuple(corpus[i:i + n]) for n in range(2, max_n + 1)
-                               for i in range(len(corpus) - n + 1))
-  return sorted(counts, key=lambda g: (-counts[g], len(g), g))[:size]
-
-
-def brute_match(fgrams: list[tuple[int, ...]], max_n: int, tokens, segment_ids=None):
-  """Per position, the longest in-segment window x_{j..i} (2 <= length <= K) that is an f-gram,
-  trying every length (no use of closure). tokens [B, L]; padding is segment id 0."""
-  ids = {g: r for r, g in enumerate(fgrams)}
-  tokens = np.asarray(tokens)
-  segment_ids = np.ones_like(tokens) if segment_ids is None else np.asarray(segment_ids)
-  fgram_id = np.full(tokens.shape, -1, np.int32)
-  match_len = np.ones(tokens.shape, np.int32)
-  for b in range(tokens.shape[0]):
-    for i in range(tokens.shape[1]):
-      for n in range(2, max_n + 1):
-        j = i - n + 1
-        if j < 0 or segment_ids[b, i] == 0 or any(segment_ids[b, k] != segment_ids[b, i] for k in range(j, i)):
-          break
-        r = ids.get(tuple(int(t) for t in tokens[b, j:i + 1]))
-        if r is not None:
-          fgram_id[b, i], match_len[b, i] = r, n
-  return fgram_id, match_len
 
 
 def as_arrays(fgrams: list[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
@@ -84,13 +55,13 @@ def test_match_equals_brute_force(case, hash_name, chunk):
   fgrams, max_n, tokens, segment_ids = case
   matcher = ExactMatcher.from_arrays(*as_arrays(fgrams), max_n, hash_fn=HASHES[hash_name])
   matcher._chunk = chunk  # positions per vectorised pass: small ones put chunk borders everywhere
-  want = brute_match(fgrams, max_n, tokens, segment_ids)
+  want = brute_force_match(fgrams, max_n, tokens, segment_ids)
   got = matcher.match(tokens, segment_ids)
   np.testing.assert_array_equal(got[0], want[0])
   np.testing.assert_array_equal(got[1], want[1])
   # Without segment ids each row is one segment.
   got_rows = matcher.match(tokens)
-  np.testing.assert_array_equal(got_rows[0], brute_match(fgrams, max_n, tokens)[0])
+  np.testing.assert_array_equal(got_rows[0], brute_force_match(fgrams, max_n, tokens)[0])
 
 
 @PROPERTY
@@ -104,7 +75,7 @@ def test_large_token_ids_use_the_wide_layout_and_stay_exact(case):
   matcher = ExactMatcher.from_arrays(*as_arrays(fgrams), max_n, hash_fn=three_slots)
   if len(fgrams) >= 3:  # then (base + 1) * R << id_bits >= 2**63
     assert matcher._entry_ids is not None  # the layout under test
-  want = brute_match(fgrams, max_n, tokens, segment_ids)
+  want = brute_force_match(fgrams, max_n, tokens, segment_ids)
   got = matcher.match(tokens, segment_ids)
   np.testing.assert_array_equal(got[0], want[0])
   np.testing.assert_array_equal(got[1], want[1])
@@ -117,7 +88,7 @@ def test_every_key_colliding_is_still_exact():
   matcher = ExactMatcher.from_arrays(*as_arrays(fgrams), 4, hash_fn=np.zeros_like)
   assert matcher.max_probe == len(fgrams) - 1  # one probe run through the whole table
   tokens = rng.integers(0, 5, (4, 64)).astype(np.int32)
-  want = brute_match(fgrams, 4, tokens)
+  want = brute_force_match(fgrams, 4, tokens)
   got = matcher.match(tokens)
   np.testing.assert_array_equal(got[0], want[0])
   np.testing.assert_array_equal(got[1], want[1])
@@ -133,7 +104,7 @@ def test_leading_dims_and_a_large_batch_across_chunks():
   fgram_id, match_len = matcher.match(tokens)
   assert fgram_id.shape == match_len.shape == tokens.shape and fgram_id.dtype == np.int32
   flat = tokens.reshape(6, -1)
-  want = brute_match(fgrams, 3, flat[:, 65_500:66_000])  # across the chunk border, mid row
+  want = brute_force_match(fgrams, 3, flat[:, 65_500:66_000])  # across the chunk border, mid row
   got = matcher.match(flat[:, 65_500:66_000])
   np.testing.assert_array_equal(got[0], want[0])
   np.testing.assert_array_equal(fgram_id.reshape(6, -1)[:, 65_503:66_000], want[0][:, 3:])
@@ -172,7 +143,7 @@ def test_match_last_equals_match_on_the_last_position(case, data):
   pad = np.array(data.draw(st.lists(st.integers(0, length), min_size=rows, max_size=rows)))
   history = np.where(np.arange(length)[None, :] < pad[:, None], -1, tokens)
   fgram_id, match_len = matcher.match_last(history)
-  want = brute_match(fgrams, max_n, history, np.where(history == -1, 0, 1))
+  want = brute_force_match(fgrams, max_n, history, np.where(history == -1, 0, 1))
   np.testing.assert_array_equal(fgram_id, want[0][:, -1])
   np.testing.assert_array_equal(match_len, want[1][:, -1])
   np.testing.assert_array_equal(fgram_id, matcher.match(history)[0][:, -1])
@@ -246,7 +217,7 @@ def test_cli_match_jsonl_end_to_end(data_and_fgrams, capsys):
   documents = list(shards.read_documents(data, "validation"))
   assert [line["doc"] for line in lines] == list(range(len(documents)))
   for line, doc in zip(lines, documents):
-    want_id, want_len = brute_match(fgrams, 3, np.array([doc], np.int32).reshape(1, -1))
+    want_id, want_len = brute_force_match(fgrams, 3, np.array([doc], np.int32).reshape(1, -1))
     assert line["fgram_id"] == want_id[0].tolist() and line["length"] == want_len[0].tolist()
     if len(doc):
       assert line["fgram_id"][0] == -1

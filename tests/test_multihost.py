@@ -5,7 +5,6 @@ the 2 processes wrote together restores in a single process."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,25 +13,19 @@ import jax
 import numpy as np
 import pytest
 
-from scone_jax import experiment, parallel
+from scone_jax import parallel
 from scone_jax.config import MeshConfig
-from scone_jax.train.checkpoint import Checkpoints
+from scone_jax.train.restore import load_run
 from scone_jax.train.state import Trainer
-from tests.helpers import make_data, read_metrics
+from tests.helpers import free_port, make_data, read_metrics, run_all
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
 TIMEOUT_S = 150
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _train_cmd(data_dir: str, workdir: str, *multihost: str) -> list[str]:
-  return [sys.executable, "-m", "scone_jax.cli", "train", "--gin_file", "runs/tiny_mesh8.gin",
+  return [sys.executable, "-m", "scone_jax.cli", "train", "--gin_file", "models/tiny.gin", "--gin_file", "runs/cpu_mesh8.gin",
           "--workdir", workdir, f"--gin.DATA_DIR='{data_dir}'", f"--gin.TRAIN_STEPS={STEPS}",
           "--gin.TrainConfig.log_every=1", "--gin.TrainConfig.eval_batches=1",
           "--gin.TrainConfig.checkpoint_every=2", "--gin.DataConfig.seq_len=32",
@@ -40,45 +33,12 @@ def _train_cmd(data_dir: str, workdir: str, *multihost: str) -> list[str]:
           *multihost]
 
 
-def _run_all(jobs: list[tuple[list[str], int, str]]) -> None:
-  """Runs (command, local CPU devices, log file) jobs side by side; all must exit 0 in time.
-  On a failure or the timeout every job still running is killed."""
-  procs = []
-  try:
-    for cmd, devices, log in jobs:
-      env = {**os.environ, "XLA_FLAGS": parallel.fake_cpu_devices_flags(devices),
-             "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
-      out = open(log, "w")
-      procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT), out, log))
-    deadline = time.monotonic() + TIMEOUT_S
-    while True:
-      for proc, _, log in procs:
-        if proc.poll():   # a failed process leaves its peers waiting in a collective: stop now
-          with open(log) as f:
-            pytest.fail(f"{log}: exited {proc.returncode}:\n{f.read()[-3000:]}")
-      if all(proc.poll() == 0 for proc, _, _ in procs):
-        return
-      if time.monotonic() > deadline:
-        pytest.fail(f"training did not finish in {TIMEOUT_S} s; logs in {os.path.dirname(jobs[0][2])}")
-      time.sleep(0.5)
-  finally:
-    for proc, out, _ in procs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-      out.close()
-
-
 def _restore(workdir: str) -> tuple[Trainer, dict]:
   """The run's trainer and the parameters of its newest checkpoint, restored in this (single,
   8-device) process."""
-  exp = experiment.load([os.path.join(workdir, "config.gin")], [])
-  trainer = Trainer(exp.model, exp.train, parallel.make_mesh(MeshConfig(2, 2, 2)), exp.build_model)
-  ckpt = Checkpoints(workdir, exp.train, read_only=True)
-  assert ckpt.latest_step() == STEPS
-  state = ckpt.restore(STEPS, trainer.abstract_state())
-  ckpt.close()
-  return trainer, jax.device_get(state.params)
+  loaded = load_run(workdir, mesh_config=MeshConfig(2, 2, 2))
+  assert loaded.step == STEPS
+  return loaded.trainer, jax.device_get(loaded.params)
 
 
 @pytest.mark.slow
@@ -86,10 +46,10 @@ def test_two_processes_reproduce_one(tmp_path):
   assert jax.device_count() == 8
   data_dir = make_data(str(tmp_path / "data"))[0]
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  coordinator = f"127.0.0.1:{_free_port()}"
-  _run_all([(_train_cmd(data_dir, one), 8, str(tmp_path / "one.log"))] + [
+  coordinator = f"127.0.0.1:{free_port()}"
+  run_all([(_train_cmd(data_dir, one), 8, str(tmp_path / "one.log"))] + [
       (_train_cmd(data_dir, two, "--coordinator_address", coordinator, "--num_processes", "2",
-                  "--process_id", str(p)), 4, str(tmp_path / f"two_{p}.log")) for p in range(2)])
+                  "--process_id", str(p)), 4, str(tmp_path / f"two_{p}.log")) for p in range(2)], TIMEOUT_S)
 
   with open(tmp_path / "two_0.log") as f:
     assert "over 8 devices, 2 process(es)" in f.read()
@@ -117,7 +77,7 @@ def test_two_processes_reproduce_one(tmp_path):
 @pytest.mark.parametrize("victim", [1, 0], ids=["worker-killed", "coordinator-killed"])
 def test_a_killed_process_stops_the_others_with_an_error(tmp_path, victim):
   data_dir = make_data(str(tmp_path / "data"))[0]
-  coordinator = f"127.0.0.1:{_free_port()}"
+  coordinator = f"127.0.0.1:{free_port()}"
   procs, logs = [], []
   try:
     for p in range(2):

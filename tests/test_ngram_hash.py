@@ -12,33 +12,18 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from scone_jax import experiment
-from scone_jax.config import ModelConfig, NgramHashConfig
-from scone_jax.data import ngram_ids
+from scone_jax.config import DataConfig, ModelConfig
 from scone_jax.errors import UserError
-from scone_jax.models import accounting, build_model
-from scone_jax.models.ngram_hash import hash_rows_device
+from scone_jax.methods import ngram_hash
+from scone_jax.methods.ngram_hash import NgramFeatures, NgramHash, NgramHashConfig, hash_rows_device
+from scone_jax.models import accounting
+from scone_jax.serve.decode import Decoder
 from scone_jax.train import loop
 from scone_jax.train.optimizer import decay_mask
-from tests.helpers import make_data, read_metrics, tiny_bindings
+from tests.helpers import make_data, read_metrics, stepwise_logits, tiny_bindings
+from tests.reference import brute_force_ngram_ids
 
 SPECIAL = (0, 1, 2)
-
-
-def brute_force_ids(layout, inputs, segment_ids):
-  """[L][T] Python ints: the definition, with no modular shortcut until the end."""
-  out = []
-  for i in range(len(inputs)):
-    row = []
-    for n, m in zip(layout.orders, layout.sizes):
-      value = 0
-      for j in range(n):
-        p = i - j
-        same = p >= 0 and segment_ids[p] == segment_ids[i]
-        z = int(inputs[p]) if same and int(inputs[p]) not in layout.special_ids else 0
-        value += z * layout.vocab_size ** j
-      row.append(value % m)
-    out.append(row)
-  return out
 
 
 def _packed_row(rng, vocab, length):
@@ -61,18 +46,18 @@ def test_hash_ids_equal_brute_force_host_and_device(vocab, sizes, max_n):
   rng = np.random.default_rng(0)
   cfg = NgramHashConfig(max_n=max_n, tables_per_order=len(sizes) // (max_n - 1), sizes=sizes,
                         near_multiple_tolerance=0.0)
-  layout = ngram_ids.table_layout(cfg, vocab, SPECIAL)
+  layout = ngram_hash.table_layout(cfg, vocab, SPECIAL)
   for _ in range(3):
     inputs, seg = _packed_row(rng, vocab, 40)
     # Make some ids huge: the products z * |V|^j overflow int64 without reduction.
     big = rng.random(len(inputs)) < 0.5
     inputs = np.where(big & (inputs > 2), vocab - 1 - rng.integers(0, 1000, len(inputs)), inputs)
-    hist = ngram_ids.history(inputs, seg, max_n, SPECIAL)
-    expected = np.array(brute_force_ids(layout, inputs, seg), dtype=object)
-    got = ngram_ids.hash_ids(layout, hist)
+    hist = ngram_hash.history(inputs, seg, max_n, SPECIAL)
+    expected = np.array(brute_force_ngram_ids(layout, inputs, seg), dtype=object)
+    got = ngram_hash.hash_ids(layout, hist)
     assert got.shape == (len(inputs), layout.num_tables)
     np.testing.assert_array_equal(got.astype(object), expected)
-    rows = ngram_ids.NgramRows(layout)({"inputs": inputs.astype(np.int32), "segment_ids": seg})["ngram_rows"]
+    rows = ngram_hash.NgramRows(layout)({"inputs": inputs.astype(np.int32), "segment_ids": seg})["ngram_rows"]
     np.testing.assert_array_equal(rows, got + layout.offsets)
     # Device: int32 only, same ids (the history still holds the raw special ids).
     raw = np.zeros_like(hist)
@@ -87,7 +72,7 @@ def test_hash_ids_equal_brute_force_host_and_device(vocab, sizes, max_n):
 def test_history_stops_at_document_boundaries():
   inputs = np.array([2, 10, 11, 12, 2, 20, 21, 0], np.int32)
   seg = np.array([1, 1, 1, 1, 2, 2, 2, 0], np.int32)
-  hist = ngram_ids.history(inputs, seg, 3, SPECIAL)
+  hist = ngram_hash.history(inputs, seg, 3, SPECIAL)
   np.testing.assert_array_equal(hist[0], [0, 10, 11, 12, 0, 20, 21, 0])
   np.testing.assert_array_equal(hist[1], [0, 0, 10, 11, 0, 0, 20, 0])   # BOS is 0, never 12 before 20
   np.testing.assert_array_equal(hist[2], [0, 0, 0, 10, 0, 0, 0, 0])
@@ -95,20 +80,20 @@ def test_history_stops_at_document_boundaries():
 
 def test_sizes_follow_the_released_rule_and_are_validated():
   v = 4096
-  layout = ngram_ids.table_layout(NgramHashConfig(max_n=4, tables_per_order=4, ratio=4.5), v)
+  layout = ngram_hash.table_layout(NgramHashConfig(max_n=4, tables_per_order=4, ratio=4.5), v)
   m = int(4.5 * v)
   assert layout.sizes == tuple(m + 2 * t + 1 for t in range(12))
   assert layout.orders == (2,) * 4 + (3,) * 4 + (4,) * 4
-  assert layout.total_rows % ngram_ids.ROW_ALIGN == 0 and layout.total_rows >= sum(layout.sizes)
+  assert layout.total_rows % ngram_hash.ROW_ALIGN == 0 and layout.total_rows >= sum(layout.sizes)
 
   def refused(match, **kw):
     with pytest.raises(UserError, match=match):
-      ngram_ids.table_layout(NgramHashConfig(**{"max_n": 2, "tables_per_order": 2, **kw}), v)
+      ngram_hash.table_layout(NgramHashConfig(**{"max_n": 2, "tables_per_order": 2, **kw}), v)
 
   refused("equal sizes", sizes=(9001, 9001))
   refused("within 1.00% of 3 x", sizes=(9001, 3 * v + 7))        # 7 rows above 3|V|
   refused("within 1.00% of 2 x", sizes=(9001, 2 * v - 39))       # 39 < 40.96 rows below
-  ngram_ids.table_layout(NgramHashConfig(max_n=2, tables_per_order=2, sizes=(9001, 2 * v - 41)), v)
+  ngram_hash.table_layout(NgramHashConfig(max_n=2, tables_per_order=2, sizes=(9001, 2 * v - 41)), v)
   refused("reach only", sizes=(9001, 3 * v + 1024))               # gcd 1024: 13 rows per token
   refused("entries", sizes=(9001,))
   refused("2\\^30", sizes=(9001, 2 ** 30 + 1))
@@ -117,25 +102,25 @@ def test_sizes_follow_the_released_rule_and_are_validated():
   # near-multiple by the default tolerance; tolerance 0 accepts it and still refuses exact multiples.
   released = NgramHashConfig(max_n=4, tables_per_order=4, ratio=78.0)
   with pytest.raises(UserError, match="near-multiples"):
-    ngram_ids.table_layout(released, 131072)
+    ngram_hash.table_layout(released, 131072)
   exact = NgramHashConfig(max_n=4, tables_per_order=4, ratio=78.0, near_multiple_tolerance=0.0)
-  assert ngram_ids.table_layout(exact, 131072).sizes[0] == 78 * 131072 + 1
+  assert ngram_hash.table_layout(exact, 131072).sizes[0] == 78 * 131072 + 1
   with pytest.raises(UserError):
-    ngram_ids.table_layout(NgramHashConfig(max_n=2, tables_per_order=2, sizes=(9001, 5 * v),
+    ngram_hash.table_layout(NgramHashConfig(max_n=2, tables_per_order=2, sizes=(9001, 5 * v),
                                            near_multiple_tolerance=0.0), v)
   # The sub-table width must divide d (or be given).
   cfg = ModelConfig(vocab_size=v, d_model=64, num_layers=1, num_heads=4, num_kv_heads=2, d_ff=64, embedding="ngram_hash")
   with pytest.raises(UserError, match="sub_dim"):
-    build_model(cfg, 0, ngram=released, ngram_layout=ngram_ids.table_layout(exact, 131072))
+    NgramHash(cfg, DataConfig(), released, ngram_hash.table_layout(exact, 131072)).build_model(0)
 
 
 def test_distinct_tables_really_differ():
   v = 64
-  layout = ngram_ids.table_layout(NgramHashConfig(max_n=3, tables_per_order=3, ratio=4.5), v, SPECIAL)
+  layout = ngram_hash.table_layout(NgramHashConfig(max_n=3, tables_per_order=3, ratio=4.5), v, SPECIAL)
   # Every bigram over the vocabulary: the tables of one order split them into different buckets.
   a, b = np.meshgrid(np.arange(v), np.arange(v), indexing="ij")
   hist = np.stack([b.ravel(), a.ravel(), np.zeros(v * v, np.int64)])
-  ids = ngram_ids.hash_ids(layout, hist)
+  ids = ngram_hash.hash_ids(layout, hist)
   for s in range(3):
     for t in range(s + 1, 3):
       same_s = ids[:, s][:, None] == ids[:, s][None, :]
@@ -145,7 +130,7 @@ def test_distinct_tables_really_differ():
       assert collide_s > 0 and both < collide_s / 10, (s, t, collide_s, both)
   # And the model holds them as disjoint row ranges with different values.
   cfg = ModelConfig(vocab_size=v, d_model=48, num_layers=1, num_heads=4, num_kv_heads=2, d_ff=64, embedding="ngram_hash")
-  model = build_model(cfg, 0, ngram=NgramHashConfig(max_n=3, tables_per_order=3), ngram_layout=layout)
+  model = NgramHash(cfg, DataConfig(), NgramHashConfig(max_n=3, tables_per_order=3), layout).build_model(0)
   table = np.asarray(model.input_embedding.ngram_tables[...])
   starts = list(layout.offsets) + [sum(layout.sizes)]
   firsts = [table[starts[t]:starts[t] + 5] for t in range(layout.num_tables)]
@@ -157,8 +142,8 @@ def test_distinct_tables_really_differ():
 def _model(amplification="none", d=48, v=64):
   ncfg = NgramHashConfig(max_n=4, tables_per_order=2, ratio=2.5, amplification=amplification)
   cfg = ModelConfig(vocab_size=v, d_model=d, num_layers=1, num_heads=4, num_kv_heads=2, d_ff=64, embedding="ngram_hash")
-  layout = ngram_ids.table_layout(ncfg, v, SPECIAL)
-  return build_model(cfg, 0, ngram=ncfg, ngram_layout=layout), layout
+  layout = ngram_hash.table_layout(ncfg, v, SPECIAL)
+  return NgramHash(cfg, DataConfig(), ncfg, layout).build_model(0), layout
 
 
 @pytest.mark.parametrize("amplification", ["none", "sqrt_d", "layernorm"])
@@ -168,7 +153,7 @@ def test_embedding_equals_dense_reference(amplification):
   rows_in = [_packed_row(rng, 64, 24) for _ in range(2)]
   inputs = np.stack([r[0] for r in rows_in]).astype(np.int32)
   seg = np.stack([r[1] for r in rows_in])
-  rows = np.stack([ngram_ids.NgramRows(layout)({"inputs": i, "segment_ids": s})["ngram_rows"] for i, s in zip(inputs, seg)])
+  rows = np.stack([ngram_hash.NgramRows(layout)({"inputs": i, "segment_ids": s})["ngram_rows"] for i, s in zip(inputs, seg)])
   got = np.asarray(model.embed({"inputs": jnp.asarray(inputs), "ngram_rows": jnp.asarray(rows)}))
   # Reference: one table and one projection per (n, k), in float64.
   emb = model.input_embedding
@@ -195,7 +180,7 @@ def test_decode_from_the_last_ids_equals_the_full_sequence():
   rows_in = [_packed_row(rng, 64, length) for _ in range(b)]
   inputs = np.stack([r[0] for r in rows_in]).astype(np.int32)
   seg = np.stack([r[1] for r in rows_in])
-  full_rows = np.stack([ngram_ids.NgramRows(layout)({"inputs": i, "segment_ids": s})["ngram_rows"] for i, s in zip(inputs, seg)])
+  full_rows = np.stack([ngram_hash.NgramRows(layout)({"inputs": i, "segment_ids": s})["ngram_rows"] for i, s in zip(inputs, seg)])
   emb = model.input_embedding
   full = np.asarray(model.embed({"inputs": jnp.asarray(inputs), "ngram_rows": jnp.asarray(full_rows)}))
   step = jax.jit(emb.decode_rows)
@@ -210,21 +195,22 @@ def test_decode_from_the_last_ids_equals_the_full_sequence():
     np.testing.assert_allclose(one[:, 0], full[:, i], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ngram_hash_trains_on_the_8_device_mesh(tmp_path):
   data, _ = make_data(str(tmp_path / "data"), docs=150)
-  exp = experiment.load(["runs/tiny_ngram_mesh8.gin"], tiny_bindings(data, 30))
+  exp = experiment.load(["models/tiny.gin", "methods/ngram.gin", "runs/cpu_mesh8.gin"], tiny_bindings(data, 30))
   summary = loop.train(exp, str(tmp_path / "run"), quiet=True)
   losses = read_metrics(str(tmp_path / "run"))
   # The average starts closer to uniform than T[x] alone (ln 64 = 4.16; the baseline starts near 6).
   first, last = (np.mean([losses[s]["loss"] for s in steps]) for steps in ((1, 2, 3), (28, 29, 30)))
   assert last < first - 0.5 and last < np.log(64) - 0.1, (first, last)
-  layout, d_sub = exp.ngram_layout, exp.model.d_model // 8
+  layout, d_sub = exp.method.layout, exp.model.d_model // 8
   acct = summary["accounting"]
   assert acct["offloaded_entries"] == layout.total_rows * d_sub
   assert acct["training_params"] == 0
   model = nnx.eval_shape(exp.build_model)
   _, params = nnx.split(model, nnx.Param)
-  groups = accounting.count_params(params)
+  groups = accounting.count_params(params, NgramHash.training_only, NgramHash.offloaded)
   assert groups["resident"] == acct["resident_params"]
   mask = decay_mask(params)["input_embedding"]
   assert mask["ngram_tables"] is False and mask["ngram_proj"] is True
@@ -237,21 +223,18 @@ def test_ngram_hash_trains_on_the_8_device_mesh(tmp_path):
 def test_serve_decode_equals_full_forward():
   """scone_jax.serve's Decoder (KV cache, prefill + one token a step) with NgramFeatures hashing
   each new token from the last N ids gives the logits of the training forward pass."""
-  from scone_jax.serve.decode import Decoder
-  from scone_jax.serve.table_features import NgramFeatures
-  from tests.test_decode import _stepwise_logits
   model, layout = _model()
   graphdef, state = nnx.split(model)
   decoder = Decoder(lambda p: nnx.merge(graphdef, p), state, model.cfg, NgramFeatures(layout))
   rng = np.random.default_rng(4)
   seqs = [rng.integers(3, 64, n).astype(np.int32) for n in (10, 6, 13)]
-  got = _stepwise_logits(decoder, seqs, [4, 2, 5], 9)
+  got = stepwise_logits(decoder, seqs, [4, 2, 5], 9)
   # Reference: whole sequences ([BOS] + seq, padding after) with pipeline-made rows.
   width = max(len(s) for s in seqs) + 1
   inputs, seg = np.zeros((3, width), np.int32), np.zeros((3, width), np.int32)
   for i, s in enumerate(seqs):
     inputs[i, :len(s) + 1], seg[i, :len(s) + 1] = np.concatenate([[2], s]), 1
-  rows = np.stack([ngram_ids.NgramRows(layout)({"inputs": x, "segment_ids": g})["ngram_rows"] for x, g in zip(inputs, seg)])
+  rows = np.stack([ngram_hash.NgramRows(layout)({"inputs": x, "segment_ids": g})["ngram_rows"] for x, g in zip(inputs, seg)])
   batch = {"inputs": inputs, "segment_ids": seg, "ngram_rows": rows,
            "positions": np.tile(np.arange(width, dtype=np.int32), (3, 1))}
   full = np.asarray(jax.jit(lambda st, b: nnx.merge(graphdef, st)(b))(state, batch))

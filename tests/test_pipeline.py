@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from scone_jax.config import ModelConfig
 from scone_jax.data import pipeline
@@ -32,7 +31,7 @@ def test_rows_reassemble_into_every_document_once(tmp_path):
       stream.extend(zip(seg.tolist(), b["inputs"][r].tolist(), b["targets"][r].tolist(), b["positions"][r].tolist()))
   # Rebuild documents: targets of each stream concatenated, split at EOS (=1).
   rebuilt = []
-  for r, items in pieces.items():
+  for items in pieces.values():
     cur = []
     for seg, _, tgt, _ in items:
       if seg == 0:
@@ -46,7 +45,7 @@ def test_rows_reassemble_into_every_document_once(tmp_path):
   assert sorted(rebuilt) == expected
   # inputs are targets shifted right by one within a document, starting with BOS (=2).
   for items in pieces.values():
-    for n, ((s0, i0, t0, p0), (s1, i1, t1, p1)) in enumerate(zip(items, items[1:])):
+    for n, ((s0, _i0, t0, p0), (s1, i1, _t1, p1)) in enumerate(zip(items, items[1:])):
       if s1 == s0 and s1 > 0 and (n + 1) % 16:   # same segment of the same row
         assert i1 == t0 and p1 == p0 + 1
 

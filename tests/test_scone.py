@@ -9,10 +9,11 @@ import pytest
 from flax import nnx
 
 from scone_jax import experiment
-from scone_jax.config import FgramConfig, ModelConfig
+from scone_jax.config import DataConfig, ModelConfig
 from scone_jax.fgram.build import build
 from scone_jax.fgram.vocab import FgramMeta, FgramVocab
-from scone_jax.models import accounting, build_model
+from scone_jax.methods.scone import DistinctFgrams, FgramConfig, FgramTokens, Scone
+from scone_jax.models import accounting
 from scone_jax.train import loop
 from tests.helpers import make_data, read_metrics, tiny_bindings
 
@@ -21,7 +22,7 @@ def _vocab(rng, k=4, vocab=50, n=40):
   grams = set()
   while len(grams) < n:
     g = tuple(int(t) for t in rng.integers(4, vocab, size=rng.integers(2, k + 1)))
-    for a in range(len(g)):          # close under sub-n-grams of length >= 2 (METHODS.md 1.1)
+    for a in range(len(g)):          # close under sub-n-grams of length >= 2 (docs/METHODS.md 1.1)
       for b in range(a + 2, len(g) + 1):
         grams.add(g[a:b])
   grams = sorted(grams, key=lambda g: (len(g), g))
@@ -33,7 +34,8 @@ def test_distinct_fgrams_equal_per_position_values_and_grads():
   vocab = _vocab(rng)
   k = vocab.meta.max_n
   cfg = ModelConfig(vocab_size=50, d_model=32, num_layers=1, num_heads=4, num_kv_heads=2, d_ff=64, embedding="scone")
-  model = build_model(cfg, 0, fgram=FgramConfig(num_layers=2, d_model=16, num_heads=2, num_kv_heads=1, d_ff=32), max_n=k)
+  fcfg = FgramConfig(num_layers=2, d_model=16, num_heads=2, num_kv_heads=1, d_ff=32)
+  model = Scone(cfg, DataConfig(), fcfg, vocab).build_model(0)
   grams = vocab.as_tuples()
   b, l = 3, 12
   # Positions matched to random f-grams, with many repeats (the point of deduplication).
@@ -41,7 +43,7 @@ def test_distinct_fgrams_equal_per_position_values_and_grads():
   inputs = rng.integers(4, 50, (b, l)).astype(np.int32)
   base = {"inputs": inputs, "segment_ids": np.ones((b, l), np.int32),
           "positions": np.tile(np.arange(l, dtype=np.int32), (b, 1)), "fgram_id": fgram_id}
-  distinct = experiment.DistinctFgrams(vocab, max_unique=8)(dict(base))
+  distinct = DistinctFgrams(FgramTokens(vocab), max_unique=8)(dict(base))
   # Reference: one A_f input row per position, built straight from the tuples.
   per_pos_tokens = np.full((b * l, k), -1, np.int32)
   per_pos_len = np.ones(b * l, np.int32)
@@ -74,11 +76,12 @@ def test_distinct_fgrams_equal_per_position_values_and_grads():
   assert not np.allclose(e[fgram_id >= 0], t[fgram_id >= 0])
 
 
+@pytest.mark.slow
 def test_scone_trains_on_the_8_device_mesh(tmp_path):
   data, _ = make_data(str(tmp_path / "data"), docs=150)
   build(data, str(tmp_path / "fg"), max_n=3, size=150, min_count=2)
   b = tiny_bindings(data, 30) + [f"FGRAM_DIR = '{tmp_path}/fg'"]
-  exp = experiment.load(["runs/tiny_scone_mesh8.gin"], b)
+  exp = experiment.load(["models/tiny.gin", "methods/scone.gin", "runs/cpu_mesh8.gin"], b)
   summary = loop.train(exp, str(tmp_path / "run"), quiet=True)
   losses = read_metrics(str(tmp_path / "run"))
   assert np.mean([losses[s]["loss"] for s in (28, 29, 30)]) < np.mean([losses[s]["loss"] for s in (1, 2, 3)]) - 1.0
@@ -91,9 +94,10 @@ def test_accounting_of_a_known_config():
   cfg = ModelConfig(vocab_size=1000, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=256,
                     tie_embeddings=False, embedding="scone")
   fcfg = FgramConfig(num_layers=1)
-  model = nnx.eval_shape(lambda: build_model(cfg, 0, fgram=fcfg, max_n=4))
+  method = Scone(cfg, DataConfig(), fcfg, _vocab(np.random.default_rng(0), k=4))
+  model = nnx.eval_shape(lambda: method.build_model(0))
   _, params = nnx.split(model, nnx.Param)
-  groups = accounting.count_params(params)
+  groups = accounting.count_params(params, Scone.training_only, Scone.offloaded)
   d, f, v, h = 64, 256, 1000, 16
   block = d * h * (4 + 2 + 2 + 4) // 1 + 3 * d * f + 2 * d   # wq + wk + wv + wo, mlp, two norms
   assert block == 4 * d * h + 2 * 2 * d * h + 4 * h * d + 3 * d * f + 2 * d

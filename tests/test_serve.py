@@ -11,73 +11,54 @@ import pytest
 
 from scone_jax.cli import main
 from scone_jax.data.tokenizer import Tokenizer
-from scone_jax.errors import UserError
-from scone_jax.export.run import load_run
-from scone_jax.serve.lookup import StoreFeatures, StoreRows
+from scone_jax.export.manifest import identity_of
+from scone_jax.methods.scone import DistinctFgrams, StoreRows
 from scone_jax.serve.store import RamStore, open_store
+from scone_jax.train.restore import load_run
+from tests.helpers import TINY_ROWS_PER_SHARD, WORDS
+from tests.reference import brute_force_suffix_match
 
-WORDS = {"subject": ["the cat", "a dog", "my friend", "the old man", "a small bird", "the teacher"],
-         "verb": ["sat on", "looked at", "ran to", "jumped over", "walked past", "painted"],
-         "object": ["the mat", "the red house", "a big tree", "the river", "the garden wall", "a boat"]}
+# eval and generate in-process over the shared run (several compiles each): slow.
+pytestmark = pytest.mark.slow
+
 PROMPTS = ["the cat sat on", "my friend looked at the red", "a small"]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-  """prepare (a jsonl corpus) -> fgrams build -> train a tiny SCONE model -> export (float32)."""
-  tmp = tmp_path_factory.mktemp("serve")
-  rng = np.random.default_rng(0)
-  with open(tmp / "corpus.jsonl", "w") as f:
-    for _ in range(400):
-      sentences = [" ".join(rng.choice(WORDS[k]) for k in ("subject", "verb", "object")) + "."
-                   for _ in range(rng.integers(2, 7))]
-      f.write(json.dumps({"text": " ".join(sentences)}) + "\n")
-  data, fg, run, store = (str(tmp / n) for n in ("data", "fg", "run", "store"))
-  assert main(["prepare", "--input", str(tmp / "corpus.jsonl"), "--out", data, "--vocab_size", "300",
-               "--validation_fraction", "0.1"]) == 0
-  assert main(["fgrams", "build", "--data", data, "--max_n", "3", "--size", "300", "--min_count", "2", "--out", fg]) == 0
-  assert main(["train", "--gin_file", "runs/tiny_scone_cpu.gin", "--workdir", run, "--quiet", f"--gin.DATA_DIR='{data}'",
-               f"--gin.FGRAM_DIR='{fg}'", "--gin.TRAIN_STEPS=8", "--gin.DataConfig.seq_len=32",
-               "--gin.DataConfig.batch_size=8", "--gin.TrainConfig.eval_batches=1",
-               "--gin.ModelConfig.d_model=32", "--gin.ModelConfig.d_ff=64", "--gin.TrainConfig.learning_rate=1e-2"]) == 0
-  assert main(["export", "--workdir", run, "--out", store, "--rows_per_shard", "128"]) == 0
-  return {"tmp": tmp, "data": data, "run": run, "store": store, "loaded": load_run(run)}
+def served(tmp_path_factory, tiny_scone_run):
+  """The suite's tiny SCONE run (conftest.py: prepare a jsonl corpus -> fgrams build -> train ->
+  export float32), read-only; `tmp` is this module's."""
+  return {"tmp": tmp_path_factory.mktemp("serve"), "data": tiny_scone_run["data"], "run": tiny_scone_run["workdir"],
+          "store": tiny_scone_run["store"], "loaded": load_run(tiny_scone_run["workdir"])}
 
 
 def test_every_tier_fetches_the_stored_rows(served):
   loaded = served["loaded"]
-  ram = open_store(served["store"], "ram", expected=loaded.identity())
+  ram = open_store(served["store"], "ram", expected=identity_of(loaded))
   assert isinstance(ram, RamStore)
   url = "memory://test_serve/store/"
-  assert main(["export", "--workdir", served["run"], "--out", url, "--rows_per_shard", "128"]) == 0
+  # The shared store's block size: A_f over blocks of the same size gives the same bits.
+  assert main(["export", "--workdir", served["run"], "--out", url, "--rows_per_shard", str(TINY_ROWS_PER_SHARD)]) == 0
   ids = np.random.default_rng(1).permutation(len(ram.embeddings))[:40]
   for tier, where in (("disk", served["store"]), ("remote", url)):
-    store = open_store(where, tier, expected=loaded.identity(), cache_bytes=1 << 16)
+    store = open_store(where, tier, expected=identity_of(loaded), cache_bytes=1 << 16)
     np.testing.assert_array_equal(store.fetch(ids).result(), ram.embeddings[ids])
     assert store.fetch(np.array([], np.int64)).result().shape == (0, 32)
   # The eval feature: the batch's distinct f-grams, fetched once each, indexed per position.
   fgram_id = np.array([[ids[0], -1, ids[1]], [ids[1], ids[0], -1]])
-  batch = StoreRows(ram, max_unique=8, offset=8)({"fgram_id": fgram_id})
+  batch = DistinctFgrams(StoreRows(ram), max_unique=8, offset=8)({"fgram_id": fgram_id})
   index = batch["fgram_index"]
   assert (index[fgram_id < 0] == -1).all()
   np.testing.assert_array_equal(batch["unique_rows"][index[fgram_id >= 0] - 8], ram.embeddings[fgram_id[fgram_id >= 0]])
 
 
-def _brute_force_match(tokens: list[int], table: dict) -> int:
-  """Longest suffix of `tokens` (2..K tokens) in the f-gram table, by trying every length."""
-  best = -1
-  for n in range(2, min(len(tokens), max(map(len, table))) + 1):
-    best = table.get(tuple(tokens[-n:]), best)
-  return best
-
-
 def test_lookup_finds_the_brute_force_match(served):
   loaded = served["loaded"]
-  vocab = loaded.exp.fgram_vocab
+  vocab = loaded.exp.method.fgram_vocab
   table = {g: r for r, g in enumerate(vocab.as_tuples())}
-  store = open_store(served["store"], "disk", expected=loaded.identity())
-  ram = open_store(served["store"], "ram", expected=loaded.identity())
-  features = StoreFeatures(store)
+  store = open_store(served["store"], "disk", expected=identity_of(loaded))
+  ram = open_store(served["store"], "ram", expected=identity_of(loaded))
+  features = loaded.exp.method.decode_features(store)
   tok = Tokenizer(os.path.join(served["data"], "vocab.model"))
   docs = [[2] + tok.encode(f"{s} {v} {o}. the cat") for s, v, o in zip(*WORDS.values())]
   hits = 0
@@ -87,7 +68,7 @@ def test_lookup_finds_the_brute_force_match(served):
       tail = d[max(0, end - 2):end + 1]
       history[i, 3 - len(tail):] = tail
     got = features.step(history).result()
-    want = [_brute_force_match(d[:end + 1], table) for d in docs]
+    want = [brute_force_suffix_match(d[:end + 1], table) for d in docs]
     index = got["fgram_index"][:, 0]
     assert list(np.where(index >= 0, 0, -1)) == [0 if w >= 0 else -1 for w in want]
     for i, w in enumerate(want):
@@ -104,7 +85,7 @@ def test_lookup_finds_the_brute_force_match(served):
   got = features.prompt(padded, valid).result()
   for i, d in enumerate(docs):
     for p in range(width):
-      w = _brute_force_match(d[:p + 1], table) if p < len(d) else -1
+      w = brute_force_suffix_match(d[:p + 1], table) if p < len(d) else -1
       assert (got["fgram_index"][i, p] >= 0) == (w >= 0)
       if w >= 0:
         np.testing.assert_array_equal(got["unique_rows"][got["fgram_index"][i, p]], ram.embeddings[w])

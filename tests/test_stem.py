@@ -12,13 +12,16 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from scone_jax import experiment, parallel
-from scone_jax.config import ModelConfig, StemConfig
+from scone_jax.config import DataConfig, ModelConfig
 from scone_jax.errors import UserError
+from scone_jax.methods.base import TokenFeatures
+from scone_jax.methods.stem import HostStemRows, Stem, StemConfig, StemFeatures, stem_layers
 from scone_jax.models import accounting, build_model
-from scone_jax.models.stem import HostStemRows, stem_layers
+from scone_jax.serve.decode import Decoder
 from scone_jax.train import loop
 from scone_jax.train.optimizer import decay_mask
-from tests.helpers import make_data, read_metrics, tiny_bindings
+from tests.helpers import make_data, read_metrics, stepwise_logits, tiny_bindings
+from tests.reference import stem_reference_logits
 
 V, D, F, L = 40, 32, 48, 3
 STEM = (0, 2)
@@ -39,15 +42,19 @@ def test_stem_layers_are_evenly_spaced_or_given():
       stem_layers(bad, 6)
 
 
+def _stem_model(cfg, layers, seed):
+  return Stem(cfg, DataConfig(), StemConfig(layers=layers), layers).build_model(seed)
+
+
 def _models():
   cfg = ModelConfig(vocab_size=V, d_model=D, num_layers=L, num_heads=4, num_kv_heads=2, d_ff=F, embedding="stem")
-  scanned = build_model(cfg, 0, stem_layers=STEM)
-  unscanned = build_model(ModelConfig(**{**cfg.__dict__, "scan_layers": False}), 1, stem_layers=STEM)
+  scanned = _stem_model(cfg, STEM, 0)
+  unscanned = _stem_model(ModelConfig(**{**cfg.__dict__, "scan_layers": False}), STEM, 1)
   # The same values in the unscanned layout: block i = slice i of the stacked blocks.
   ps = nnx.to_pure_dict(nnx.state(scanned, nnx.Param))
   state_u = nnx.state(unscanned, nnx.Param)
   pu = nnx.to_pure_dict(state_u)
-  pu = {**ps, "decoder": {**ps["decoder"], "blocks": {i: jax.tree.map(lambda a: a[i], ps["decoder"]["blocks"])
+  pu = {**ps, "decoder": {**ps["decoder"], "blocks": {i: jax.tree.map(lambda a, i=i: a[i], ps["decoder"]["blocks"])
                                                       for i in range(L)}}}
   nnx.replace_by_pure_dict(state_u, pu)
   nnx.update(unscanned, state_u)
@@ -64,23 +71,8 @@ def _batch(rng, b=3, length=10):
 
 
 def reference_logits(model, batch):
-  """The unscanned model's modules, with every STEM layer's up-projection as one_hot(x) @ U_l."""
-  dec = model.decoder
-  x = model.embed_tokens(batch["inputs"])
-  onehot = jax.nn.one_hot(batch["inputs"], V, dtype=jnp.float32)
-  stem_i = dense_i = 0
-  for i, blk in enumerate(dec.blocks):
-    x = x + blk.attn(blk.attn_norm(x), batch["positions"], batch["segment_ids"])
-    h = blk.mlp_norm(x)
-    if i in STEM:
-      up = jnp.einsum("blv,vf->blf", onehot, dec.stem_tables[...][stem_i], precision="highest")
-      stem_i += 1
-    else:
-      up = jnp.einsum("bld,df->blf", h, dec.dense_up[...][dense_i], precision="highest")
-      dense_i += 1
-    gate = jax.nn.silu(jnp.einsum("bld,df->blf", h, blk.mlp.w_gate[...], precision="highest"))
-    x = x + jnp.einsum("blf,fd->bld", gate * up, blk.mlp.w_down[...], precision="highest")
-  return model.logits(x)
+  """The one-hot dense reference (tests/reference.py) for this module's V and STEM layers."""
+  return stem_reference_logits(model, batch, V, STEM)
 
 
 def test_stem_model_equals_one_hot_dense_reference_values_and_grads():
@@ -103,12 +95,12 @@ def test_stem_model_equals_one_hot_dense_reference_values_and_grads():
   np.testing.assert_allclose(sc_v, ref_v, rtol=1e-4)
   ref_g, un_g, sc_g = (nnx.to_pure_dict(g) for g in (ref_g, un_g, sc_g))
   for name in ("stem_tables", "dense_up"):
-    np.testing.assert_allclose(un_g["decoder"][name], ref_g["decoder"][name], rtol=1e-3, atol=1e-5)
-    np.testing.assert_allclose(sc_g["decoder"][name], ref_g["decoder"][name], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(un_g["decoder"]["ffn_up"][name], ref_g["decoder"]["ffn_up"][name], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(sc_g["decoder"]["ffn_up"][name], ref_g["decoder"]["ffn_up"][name], rtol=1e-3, atol=1e-5)
   # Only the rows of tokens in the batch get gradient; the stacked blocks match the unscanned ones.
   seen = np.zeros(V, bool)
   seen[np.asarray(batch["inputs"]).ravel()] = True
-  row_grad = np.abs(np.asarray(sc_g["decoder"]["stem_tables"])).sum(axis=(0, 2))
+  row_grad = np.abs(np.asarray(sc_g["decoder"]["ffn_up"]["stem_tables"])).sum(axis=(0, 2))
   assert (row_grad[~seen] == 0).all() and (row_grad[seen] > 0).all()
   np.testing.assert_allclose(sc_g["decoder"]["blocks"]["mlp"]["w_gate"][2], un_g["decoder"]["blocks"][2]["mlp"]["w_gate"],
                              rtol=1e-3, atol=1e-6)
@@ -118,7 +110,7 @@ def test_host_tables_with_rows_fetched_ahead_equal_device_tables():
   scanned, unscanned = _models()
   raw = _batch(np.random.default_rng(2), b=4, length=12)
   batch = {k: jnp.asarray(v) for k, v in raw.items()}
-  host = HostStemRows(np.asarray(scanned.decoder.stem_tables[...]))
+  host = HostStemRows(np.asarray(scanned.decoder.ffn_up.stem_tables[...]))
   try:
     fetched = host.prefetch(raw["inputs"]).result()
     distinct = len(np.unique(raw["inputs"]))
@@ -132,13 +124,13 @@ def test_host_tables_with_rows_fetched_ahead_equal_device_tables():
     # fetched for that step's tokens equals the full-sequence layer output at position i.
     blk, layer = unscanned.decoder.blocks[2], 2
     h = jnp.asarray(np.random.default_rng(3).normal(size=(4, 12, D)), jnp.float32)
-    full = blk.mlp(h, unscanned.decoder.layer_up_fn(layer, batch)(h))
+    full = blk.mlp(h, unscanned.decoder.ffn_up.up_fn(layer, batch)(h))
     pending = host.prefetch(raw["inputs"][:, :1])
     for i in range(12):
       step = pending.result()
       if i + 1 < 12:
         pending = host.prefetch(raw["inputs"][:, i + 1:i + 2])   # next step's rows, while this one runs
-      up = scanned.decoder.layer_up_fn(jnp.int32(layer), {"inputs": batch["inputs"][:, i:i + 1], **step})(h[:, i:i + 1])
+      up = scanned.decoder.ffn_up.up_fn(jnp.int32(layer), {"inputs": batch["inputs"][:, i:i + 1], **step})(h[:, i:i + 1])
       np.testing.assert_allclose(np.asarray(blk.mlp(h[:, i:i + 1], up)), np.asarray(full[:, i:i + 1]),
                                  rtol=1e-5, atol=1e-6)
   finally:
@@ -147,29 +139,30 @@ def test_host_tables_with_rows_fetched_ahead_equal_device_tables():
 
 def test_tables_are_xavier_normal_without_decay_and_row_sharded():
   cfg = ModelConfig(vocab_size=512, d_model=32, num_layers=3, num_heads=4, num_kv_heads=2, d_ff=256, embedding="stem")
-  model = build_model(cfg, 0, stem_layers=(1,))
-  tables = np.asarray(model.decoder.stem_tables[...])
+  model = _stem_model(cfg, (1,), 0)
+  tables = np.asarray(model.decoder.ffn_up.stem_tables[...])
   assert tables.shape == (1, 512, 256)
   assert abs(tables.std() / np.sqrt(2 / (512 + 256)) - 1) < 0.02
   _, params = nnx.split(model, nnx.Param)
-  mask = decay_mask(params)["decoder"]
+  mask = decay_mask(params)["decoder"]["ffn_up"]
   assert mask["stem_tables"] is False and mask["dense_up"] is True
-  spec = parallel.logical_to_spec(params["decoder"]["stem_tables"].get_metadata()["logical_axes"])
+  spec = parallel.logical_to_spec(params["decoder"]["ffn_up"]["stem_tables"].get_metadata()["logical_axes"])
   assert spec == P(None, ("fsdp", "tensor"), None)
   assert "w_up" not in nnx.to_pure_dict(params)["decoder"]["blocks"]["mlp"]
 
 
+@pytest.mark.slow
 def test_stem_trains_on_the_8_device_mesh(tmp_path):
   data, _ = make_data(str(tmp_path / "data"), docs=150)
-  exp = experiment.load(["runs/tiny_stem_mesh8.gin"], tiny_bindings(data, 30))
+  exp = experiment.load(["models/tiny.gin", "methods/stem.gin", "runs/cpu_mesh8.gin"], tiny_bindings(data, 30))
   summary = loop.train(exp, str(tmp_path / "run"), quiet=True)
   losses = read_metrics(str(tmp_path / "run"))
   first, last = (np.mean([losses[s]["loss"] for s in steps]) for steps in ((1, 2, 3), (28, 29, 30)))
   assert last < first - 0.4, (first, last)
-  # tiny_stem on the 2-layer tiny model: one STEM layer (layer 1), |V| x d_ff offloaded, and
+  # methods/stem.gin on the 2-layer tiny model: one STEM layer (layer 1), |V| x d_ff offloaded, and
   # exactly one up-projection fewer resident than the baseline.
   cfg = exp.model
-  assert exp.stem_layers == (1,)
+  assert exp.method.layers == (1,)
   base = nnx.eval_shape(lambda: build_model(ModelConfig(**{**cfg.__dict__, "embedding": "token"}), 0))
   base_resident = accounting.count_params(nnx.split(base, nnx.Param)[1])["resident"]
   acct = summary["accounting"]
@@ -183,10 +176,6 @@ def test_serve_decode_equals_full_forward(tables):
   """scone_jax.serve's Decoder (KV cache, prefill + one token a step) on the scanned STEM stack
   (dense and STEM layers: lax.cond), with the tables on the device or in host memory
   (StemFeatures: each step's distinct rows fetched on a thread), gives the training logits."""
-  from scone_jax.serve.decode import Decoder
-  from scone_jax.serve.lookup import TokenFeatures
-  from scone_jax.serve.table_features import StemFeatures
-  from tests.test_decode import _stepwise_logits
   rng = np.random.default_rng(5)
   seqs = [rng.integers(3, V, n).astype(np.int32) for n in (9, 5, 12)]
   width = max(len(s) for s in seqs) + 1
@@ -196,10 +185,10 @@ def test_serve_decode_equals_full_forward(tables):
   batch = {"inputs": inputs, "segment_ids": seg, "positions": np.tile(np.arange(width, dtype=np.int32), (3, 1))}
   for model in _models()[:1]:
     graphdef, state = nnx.split(model)
-    features = TokenFeatures() if tables == "device" else StemFeatures(np.asarray(model.decoder.stem_tables[...]))
-    decoder = Decoder(lambda p: nnx.merge(graphdef, p), state, model.cfg, features)
-    got = _stepwise_logits(decoder, seqs, [3, 2, 4], 9)
-    full = np.asarray(jax.jit(lambda st, b: nnx.merge(graphdef, st)(b))(state, batch))
+    features = TokenFeatures() if tables == "device" else StemFeatures(np.asarray(model.decoder.ffn_up.stem_tables[...]))
+    decoder = Decoder(lambda p, g=graphdef: nnx.merge(g, p), state, model.cfg, features)
+    got = stepwise_logits(decoder, seqs, [3, 2, 4], 9)
+    full = np.asarray(jax.jit(lambda st, b, g=graphdef: nnx.merge(g, st)(b))(state, batch))
     for (row, p), logits in got.items():
       np.testing.assert_allclose(logits, full[row, p], rtol=1e-5, atol=1e-5)
     assert len(got) == sum(len(s) + 2 - p for s, p in zip(seqs, [3, 2, 4]))

@@ -6,6 +6,8 @@ import json
 import os
 import shlex
 
+import pytest
+
 from scone_jax.cli import main
 from tests.helpers import make_data
 
@@ -28,10 +30,11 @@ def test_emit_lists_builds_then_every_grid_point(tmp_path, capsys):
   assert any(w.startswith("--gin.FGRAM_DIR=") and w.endswith("fgrams_k3'") for w in scone)
 
 
+@pytest.mark.slow
 def test_tiny_sweep_writes_table_and_plots(tmp_path, capsys):
   data, _ = make_data(str(tmp_path / "d"), docs=60)
   out = str(tmp_path / "sw")
-  argv = ["sweep", "--data", data, "--out", out, "--gin_file", "runs/tiny_cpu.gin", "--sizes", "10,30",
+  argv = ["sweep", "--data", data, "--out", out, "--gin_file", "models/tiny.gin", "--gin_file", "runs/cpu.gin", "--sizes", "10,30",
           "--fgram_layers", "1", "--max_n", "3", "--min_count", "2", "--seeds", "0", "--baseline_seeds", "0",
           "--main_seeds", "", "--steps", "2", "--binding", "DataConfig.seq_len=32", "--binding", "TrainConfig.eval_batches=1"]
   assert main(argv) == 0

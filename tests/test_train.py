@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from scone_jax import experiment, parallel
+from scone_jax import experiment
 from scone_jax.config import MeshConfig
 from scone_jax.train import loop
 from scone_jax.train.checkpoint import Checkpoints
-from scone_jax.train.state import Trainer
+from scone_jax.train.restore import load_run
 from tests.helpers import make_data, read_metrics, tiny_bindings
 
-MESH8 = "runs/tiny_mesh8.gin"
+MESH8 = ["models/tiny.gin", "runs/cpu_mesh8.gin"]
 
 
 @pytest.fixture(scope="module")
@@ -22,26 +22,24 @@ def data_dir(tmp_path_factory):
   return make_data(str(tmp_path_factory.mktemp("data")))[0]
 
 
-def _restore_params(workdir, mesh_cfg: MeshConfig):
-  exp = experiment.load([f"{workdir}/config.gin"], [])
-  mesh = parallel.make_mesh(mesh_cfg)
-  trainer = Trainer(exp.model, exp.train, mesh, exp.build_model)
-  ckpt = Checkpoints(workdir, exp.train, read_only=True)
-  state = ckpt.restore(ckpt.latest_step(), trainer.abstract_state())
-  ckpt.close()
-  return state
+def _restore_params(workdir, mesh_cfg: MeshConfig, devices=None):
+  return load_run(workdir, mesh_config=mesh_cfg, devices=devices).params
 
 
+@pytest.mark.slow
 def test_loss_falls_and_shardings_follow_rules(data_dir, tmp_path):
   assert jax.device_count() == 8
-  exp = experiment.load([MESH8], tiny_bindings(data_dir, 40))
+  exp = experiment.load(MESH8, tiny_bindings(data_dir, 40))
   loop.train(exp, str(tmp_path / "run"), quiet=True)
   losses = read_metrics(str(tmp_path / "run"))
   first = np.mean([losses[s]["loss"] for s in (1, 2, 3)])
   last = np.mean([losses[s]["loss"] for s in (38, 39, 40)])
   assert last < first - 0.5, (first, last)
 
-  state = _restore_params(str(tmp_path / "run"), MeshConfig(2, 2, 2))
+  loaded = load_run(str(tmp_path / "run"), mesh_config=MeshConfig(2, 2, 2))
+  ckpt = Checkpoints(loaded.workdir, loaded.exp.train, read_only=True)
+  state = ckpt.restore(loaded.step, loaded.trainer.abstract_state())   # with the optimizer state
+  ckpt.close()
   p = state.params
   # Independent statement of the rules table for these parameters.
   expected = {
@@ -63,39 +61,32 @@ def test_loss_falls_and_shardings_follow_rules(data_dir, tmp_path):
   assert mu.sharding.spec == P("tensor", "fsdp")
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_is_exact(data_dir, tmp_path):
   steps = 12
-  full = experiment.load([MESH8], tiny_bindings(data_dir, steps, **{"TrainConfig.checkpoint_every": 4}))
+  full = experiment.load(MESH8, tiny_bindings(data_dir, steps, **{"TrainConfig.checkpoint_every": 4}))
   loop.train(full, str(tmp_path / "full"), quiet=True)
   # Stopped after 6 steps (checkpoint), then the same command resumes to the end.
   for _ in range(2):
-    part = experiment.load([MESH8], tiny_bindings(data_dir, steps, **{"TrainConfig.checkpoint_every": 4}))
+    part = experiment.load(MESH8, tiny_bindings(data_dir, steps, **{"TrainConfig.checkpoint_every": 4}))
     loop.train(part, str(tmp_path / "split"), quiet=True, stop_after=6)
   a, b = read_metrics(str(tmp_path / "full")), read_metrics(str(tmp_path / "split"))
   assert sorted(a) == sorted(b) == list(range(1, steps + 1))
   for s in range(1, steps + 1):
     assert a[s]["loss"] == b[s]["loss"], s   # bit-identical: same batches, same state
-  pa = _restore_params(str(tmp_path / "full"), MeshConfig(2, 2, 2)).params
-  pb = _restore_params(str(tmp_path / "split"), MeshConfig(2, 2, 2)).params
+  pa = _restore_params(str(tmp_path / "full"), MeshConfig(2, 2, 2))
+  pb = _restore_params(str(tmp_path / "split"), MeshConfig(2, 2, 2))
   for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_restore_onto_other_meshes(data_dir, tmp_path):
-  exp = experiment.load([MESH8], tiny_bindings(data_dir, 3))
+  exp = experiment.load(MESH8, tiny_bindings(data_dir, 3))
   loop.train(exp, str(tmp_path / "run"), quiet=True)
-  ref = jax.tree.map(np.asarray, _restore_params(str(tmp_path / "run"), MeshConfig(2, 2, 2)).params)
+  ref = jax.tree.map(np.asarray, _restore_params(str(tmp_path / "run"), MeshConfig(2, 2, 2)))
   for mesh in (MeshConfig(8, 1, 1), MeshConfig(1, 4, 2), MeshConfig(1, 1, 1)):
-    if mesh.data * mesh.fsdp * mesh.tensor == 1:
-      devices = jax.devices()[:1]
-      trainer_mesh = parallel.make_mesh(mesh, devices)
-      exp2 = experiment.load([f"{tmp_path}/run/config.gin"], [])
-      trainer = Trainer(exp2.model, exp2.train, trainer_mesh, exp2.build_model)
-      ckpt = Checkpoints(str(tmp_path / "run"), exp2.train, read_only=True)
-      got = ckpt.restore(ckpt.latest_step(), trainer.abstract_state()).params
-      ckpt.close()
-    else:
-      got = _restore_params(str(tmp_path / "run"), mesh).params
+    devices = jax.devices()[:1] if mesh.data * mesh.fsdp * mesh.tensor == 1 else None
+    got = _restore_params(str(tmp_path / "run"), mesh, devices)
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(ref)):
       assert x.sharding.mesh.devices.size == mesh.data * mesh.fsdp * mesh.tensor
       np.testing.assert_array_equal(np.asarray(x), y, err_msg=str(path))
@@ -103,8 +94,9 @@ def test_restore_onto_other_meshes(data_dir, tmp_path):
 
 def test_eval_command_matches_the_final_in_loop_eval(data_dir, tmp_path, capsys):
   import json
+
   from scone_jax.cli import main
-  exp = experiment.load([MESH8], tiny_bindings(data_dir, 2))
+  exp = experiment.load(MESH8, tiny_bindings(data_dir, 2))
   loop.train(exp, str(tmp_path / "run"), quiet=True)
   final = read_metrics(str(tmp_path / "run"), "validation")[2]
   capsys.readouterr()
@@ -119,6 +111,6 @@ def test_eval_command_matches_the_final_in_loop_eval(data_dir, tmp_path, capsys)
 
 def test_bad_mesh_is_a_clear_error(data_dir, tmp_path):
   from scone_jax.cli import main
-  rc = main(["train", "--gin_file", MESH8, f"--gin.DATA_DIR='{data_dir}'", "--gin.MeshConfig.data=3",
+  rc = main(["train", *[w for f in MESH8 for w in ("--gin_file", f)], f"--gin.DATA_DIR='{data_dir}'", "--gin.MeshConfig.data=3",
              "--workdir", str(tmp_path / "r")])
   assert rc == 2

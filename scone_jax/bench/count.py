@@ -17,8 +17,10 @@ import time
 
 import numpy as np
 
+from scone_jax.data.shards import load_meta, read_documents
 from scone_jax.errors import UserError
-from scone_jax.fgram.count import DEFAULT_CHUNK_TOKENS, RankedFgrams, count_fgrams, decode_keys
+from scone_jax.fgram.count import DEFAULT_CHUNK_TOKENS, count_fgrams, counted_meta, decode_keys
+from scone_jax.fgram.vocab import FgramVocab
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +54,6 @@ def synthetic_documents(num_tokens: int, vocab_size: int, exponent: float, seed:
 
 
 def repeated_documents(data_dir: str, num_tokens: int) -> tuple[list[np.ndarray], int, tuple[int, ...]]:
-  from scone_jax.data.shards import load_meta, read_documents
   meta = load_meta(data_dir)
   base = [d for d in read_documents(data_dir, "train") if len(d)]
   if not base:
@@ -68,7 +69,7 @@ def repeated_documents(data_dir: str, num_tokens: int) -> tuple[list[np.ndarray]
 
 
 def plain_count(documents: list[np.ndarray], vocab_size: int, special_ids, max_n: int, size: int,
-                min_count: int) -> RankedFgrams:
+                min_count: int) -> FgramVocab:
   """The baseline: np.unique over every n-gram of every length, whole corpus in memory."""
   pieces = []
   for doc in documents:
@@ -103,7 +104,9 @@ def plain_count(documents: list[np.ndarray], vocab_size: int, special_ids, max_n
     decoded = decode_keys(keys[order][rows], int(n), distinct, vocab_size)
     for row, toks in zip(rows, decoded.tolist()):
       fgrams[row] = tuple(toks)
-  return RankedFgrams.from_tuples(fgrams, counts[order], int(sum(len(d) for d in documents)))
+  meta = counted_meta(max_n=max_n, size=size, min_count=min_count, vocab_size=vocab_size,
+                      tokens_counted=int(sum(len(d) for d in documents)), num_fgrams=len(fgrams))
+  return FgramVocab.from_tuples(fgrams, counts[order], meta)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from scone_jax.bench.lookup import drop_page_cache, histories, synthetic_vocab, write_synthetic_store
 from scone_jax.errors import UserError
 
 GOAL_RAM, GOAL_DISK = 0.97, 0.90
@@ -58,11 +59,12 @@ def _step_times(decoder, prompts, forced, bos: int) -> list[float]:
 def run(args) -> int:
   import jax
   from flax import nnx
-  from scone_jax.bench.lookup import drop_page_cache, histories, synthetic_vocab, write_synthetic_store
-  from scone_jax.config import FgramConfig, ModelConfig
+
+  from scone_jax.config import ModelConfig
+  from scone_jax.methods.base import TokenFeatures
+  from scone_jax.methods.scone import FgramConfig, FgramDecodeFeatures, SconeEmbedding, StoreRows, matcher_from_tokens
   from scone_jax.models import build_model
   from scone_jax.serve.decode import Decoder
-  from scone_jax.serve.lookup import StoreFeatures, TokenFeatures, matcher_from_tokens
   from scone_jax.serve.store import open_store
   try:
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
@@ -79,14 +81,15 @@ def run(args) -> int:
     ram = open_store(url, "ram", verify=False)
     disk = open_store(url, "disk", verify=False, cache_bytes=args.cache_mb << 20)
     matcher = matcher_from_tokens(ram.fgram_tokens)
-    sources = {"ram": StoreFeatures(ram, matcher), "disk": StoreFeatures(disk, matcher)}
+    sources = {"ram": FgramDecodeFeatures(matcher, StoreRows(ram)), "disk": FgramDecodeFeatures(matcher, StoreRows(disk))}
     main = ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model, num_layers=args.num_layers,
                        num_heads=args.num_heads, num_kv_heads=args.num_kv_heads, d_ff=args.d_ff,
                        max_seq_len=args.prompt_len + args.new_tokens + 1, remat_policy="none")
     decoders, n_params = {}, 0
     scone_cfg = dataclasses.replace(main, embedding="scone")
     for name, cfg, kw in (("baseline", main, {}),
-                          ("scone", scone_cfg, {"fgram": FgramConfig(num_layers=1), "max_n": args.max_n})):
+                          ("scone", scone_cfg, {"input_embedding": lambda r: SconeEmbedding(
+                              scone_cfg, FgramConfig(num_layers=1), args.max_n, r)})):
       graphdef, params = nnx.split(build_model(cfg, args.seed, **kw))
       features = TokenFeatures() if name == "baseline" else sources["ram"]
       decoders[name] = Decoder(lambda p, g=graphdef: nnx.merge(g, p), params, cfg, features)
@@ -104,7 +107,7 @@ def run(args) -> int:
       matched = float((fgram_id[:, args.prompt_len:] >= 0).mean())
       runs = {"baseline": [], "ram": [], "disk": []}
 
-      def one(variant: str) -> list[float]:
+      def one(variant: str, prompts=prompts, forced=forced) -> list[float]:
         if variant == "baseline":
           return _step_times(decoders["baseline"], prompts, forced, 2)
         if variant == "disk":

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from scone_jax.bench.lookup import synthetic_vocab
 from scone_jax.errors import UserError
 
 GOAL = 0.5
@@ -60,18 +61,15 @@ def sequential_write_bytes_per_s(directory: str, nbytes: int) -> float:
 
 
 def run(args) -> int:
-  import dataclasses
-
   import jax
   from flax import nnx
 
   from scone_jax import parallel
-  from scone_jax.bench.lookup import synthetic_vocab
-  from scone_jax.config import FgramConfig, MeshConfig, ModelConfig, TrainConfig
+  from scone_jax.config import DataConfig, MeshConfig, ModelConfig, TrainConfig
   from scone_jax.export import layout as L
   from scone_jax.export.manifest import Identity
-  from scone_jax.export.writer import AfRows, export_table, fgram_token_matrix
-  from scone_jax.models import build_model
+  from scone_jax.export.writer import AfRows, export_table
+  from scone_jax.methods.scone import FgramConfig, Scone
   from scone_jax.train.state import Trainer
   if args.rows < 1000:
     raise UserError("need --rows >= 1000")
@@ -79,12 +77,12 @@ def run(args) -> int:
   root = tempfile.mkdtemp(prefix="scone_bench_export_", dir=args.dir)
   try:
     vocab, _ = synthetic_vocab(rng, args.rows, args.max_n, args.vocab_size)
-    tokens, lengths = fgram_token_matrix(vocab)
+    tokens, lengths = vocab.token_matrix()
     cfg = ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model, num_layers=1, num_heads=8, num_kv_heads=4,
                       d_ff=4 * args.d_model, embedding="scone", remat_policy="none")
     fcfg = FgramConfig(num_layers=args.fgram_layers, d_model=args.fgram_d_model, num_heads=4, num_kv_heads=2,
                        d_ff=4 * args.fgram_d_model)
-    build = lambda: build_model(cfg, args.seed, fgram=fcfg, max_n=args.max_n)
+    build = lambda: Scone(cfg, DataConfig(), fcfg, vocab).build_model(args.seed)
     trainer = Trainer(cfg, TrainConfig(), parallel.make_mesh(MeshConfig(data=-1, fsdp=1, tensor=1)), build)
     params = jax.device_put(nnx.to_pure_dict(nnx.split(build(), nnx.Param)[1]), trainer.param_shardings)
     rows_per_shard = L.default_rows_per_shard(args.rows, args.d_model, args.dtype)

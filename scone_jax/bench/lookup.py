@@ -26,7 +26,9 @@ import time
 
 import numpy as np
 
+from scone_jax.bench.match import top_fgrams, zipf_stream
 from scone_jax.errors import UserError
+from scone_jax.fgram.vocab import FgramMeta, FgramVocab
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 GOAL_BATCH, GOAL_RAM_MS, GOAL_DISK_MS = 16, 0.01, 0.25
@@ -52,8 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def synthetic_vocab(rng, rows: int, max_n: int, vocab_size: int):
   """(FgramVocab of the top `rows` n-grams (2..K) of a Zipfian stream, id_of_rank for making
   more text of the same distribution)."""
-  from scone_jax.bench.match import top_fgrams, zipf_stream
-  from scone_jax.fgram.vocab import FgramMeta, FgramVocab
   id_of_rank = (rng.permutation(vocab_size - 4) + 4).astype(np.int32)   # ids 0..3 are special
   corpus = zipf_stream(rng, max(4 * rows // 3, 10_000), id_of_rank, 1.1)
   flat, offsets = top_fgrams(corpus, rows, max_n)
@@ -67,7 +67,7 @@ def write_synthetic_store(url: str, vocab, dim: int, dtype: str, rng) -> None:
   """A finished store of vocab's f-grams with synthetic rows, written by the exporter's writer."""
   from scone_jax.export import layout as L
   from scone_jax.export.manifest import Identity
-  from scone_jax.export.writer import export_table, fgram_token_matrix
+  from scone_jax.export.writer import export_table
   rows_per_shard = L.default_rows_per_shard(len(vocab), dim, dtype)
   lay = L.Layout(len(vocab), dim, vocab.meta.max_n, dtype, rows_per_shard, L.inner_rows_for(dim, dtype, rows_per_shard))
   block = rng.standard_normal((rows_per_shard, dim), dtype=np.float32)
@@ -76,7 +76,7 @@ def write_synthetic_store(url: str, vocab, dim: int, dtype: str, rng) -> None:
     block, scales = np.clip(np.round(block * 40), -127, 127).astype(np.int8), np.full(rows_per_shard, 0.025, np.float32)
   else:
     block = block.astype(L.numpy_dtype(dtype))
-  tokens, lengths = fgram_token_matrix(vocab)
+  tokens, lengths = vocab.token_matrix()
   identity = Identity("synthetic", "synthetic", len(vocab), dim, vocab.meta.max_n)
   rows_fn = lambda t, n: (block[:len(t)], None if scales is None else scales[:len(t)])
   export_table(url, lay, tokens, lengths, rows_fn, identity)
@@ -120,7 +120,6 @@ def resident_fraction(root: str) -> float:
 
 def histories(rng, id_of_rank, count: int, max_n: int) -> np.ndarray:
   """[count, K] windows of a fresh Zipfian stream (the newest token last)."""
-  from scone_jax.bench.match import zipf_stream
   stream = zipf_stream(rng, count + max_n, id_of_rank, 1.1)
   return np.lib.stride_tricks.sliding_window_view(stream, max_n)[:count].astype(np.int64)
 
@@ -149,7 +148,7 @@ def _measure(store, features, rng, id_of_rank, max_n: int, queries: int) -> dict
 
 
 def run(args) -> int:
-  from scone_jax.serve.lookup import StoreFeatures, matcher_from_tokens
+  from scone_jax.methods.scone import FgramDecodeFeatures, StoreRows, matcher_from_tokens
   from scone_jax.serve.store import open_store
   if args.rows < 1000 or args.dim < 1 or args.queries < 1:
     raise UserError("need --rows >= 1000, --dim >= 1 and --queries >= 1")
@@ -167,7 +166,7 @@ def run(args) -> int:
           f"{lay.rows_per_shard} rows, inner chunks of {lay.inner_rows}), K={lay.max_n}; store built in "
           f"{time.perf_counter() - t0:.0f} s; {args.queries} queries per point", flush=True)
     matcher = matcher_from_tokens(ram.fgram_tokens)
-    results = {"ram": _measure(ram, StoreFeatures(ram, matcher), rng, id_of_rank, lay.max_n, args.queries)}
+    results = {"ram": _measure(ram, FgramDecodeFeatures(matcher, StoreRows(ram)), rng, id_of_rank, lay.max_n, args.queries)}
     del ram
     disk = open_store(url, "disk", verify=False, cache_bytes=args.cache_mb << 20)
     for block in range(lay.num_blocks):   # shard indices into tensorstore's cache
@@ -176,7 +175,7 @@ def run(args) -> int:
     cold = resident_fraction(url)
     print(f"bench lookup: disk tier: page cache dropped ({cold:.1%} of the store resident), tensorstore "
           f"cache {args.cache_mb} MiB", flush=True)
-    results["disk"] = _measure(disk, StoreFeatures(disk, matcher), rng, id_of_rank, lay.max_n, args.queries)
+    results["disk"] = _measure(disk, FgramDecodeFeatures(matcher, StoreRows(disk)), rng, id_of_rank, lay.max_n, args.queries)
     for tier in ("ram", "disk"):
       for b in BATCHES:
         fetch, both = results[tier][b]

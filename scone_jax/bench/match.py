@@ -1,7 +1,7 @@
 """`scone-jax bench match`: exact matcher throughput against a dict-of-tuples matcher.
 
 For each S in --sizes: a synthetic V_f (the top S n-grams, 2 <= n <= K, of a Zipfian token stream
-over |V| tokens, ranked as METHODS.md 1.1 ranks them, so it is closed under sub-n-grams), then a
+over |V| tokens, ranked as docs/METHODS.md 1.1 ranks them, so it is closed under sub-n-grams), then a
 fresh Zipfian stream of packed documents is matched by ExactMatcher (all of it) and by a plain
 Python dict matcher (a slice of it), side by side in one run, single-threaded. The two must agree
 on the slice; the lines report positions per second per core (positions / process CPU seconds,
@@ -16,13 +16,13 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
   os.environ.setdefault(_var, "1")
 
 import argparse
-import sys
 import time
 
 import numpy as np
 
 from scone_jax.errors import UserError
 from scone_jax.fgram.matcher import MAX_LOAD, ExactMatcher
+from scone_jax.progress import progress_bar
 
 EXACT_REPEATS = 3  # the exact pass is short: the mean of a few runs steadies it
 
@@ -106,11 +106,6 @@ class DictMatcher:
     return fgram_id, match_len
 
 
-def _progress(enabled: bool):
-  from rich.progress import Progress
-  return Progress(transient=True, disable=not enabled)
-
-
 def run(args: argparse.Namespace) -> int:
   try:
     sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
@@ -126,27 +121,25 @@ def run(args: argparse.Namespace) -> int:
   tokens = zipf_stream(rng, rows * args.seq_len, id_of_rank, args.zipf).reshape(rows, args.seq_len)
   segments = packed_segments(rng, rows, args.seq_len, mean_doc=512)
   dict_rows = max(1, min(rows, -(-args.dict_positions // args.seq_len)))
-  show = args.progress or sys.stderr.isatty()
   for size in sizes:
-    with _progress(show) as progress:
-      task = progress.add_task(f"S={size}: counting n-grams", total=None)
+    with progress_bar(f"S={size}: counting n-grams", enabled=args.progress or None, transient=True) as stage:
       # About three distinct n-grams per stream token: size the stream so S is reachable.
       corpus = zipf_stream(rng, max(4 * size // 3, 10_000), id_of_rank, args.zipf)
       flat, offsets = top_fgrams(corpus, size, args.max_n)
       del corpus
-      progress.update(task, description=f"S={size}: building the exact table")
+      stage.describe(f"S={size}: building the exact table")
       t0 = time.perf_counter()
       matcher = ExactMatcher.from_arrays(flat, offsets, args.max_n, max_load=args.max_load)
       build_s = time.perf_counter() - t0  # wall clock: what a user waits
-      progress.update(task, description=f"S={size}: matching")
+      stage.describe(f"S={size}: matching")
       matcher.match(tokens[:1], segments[:1])  # warm the table into cache once
       t0 = time.process_time()
       for _ in range(EXACT_REPEATS):
         fgram_id, match_len = matcher.match(tokens, segments)
       exact_s = (time.process_time() - t0) / EXACT_REPEATS
-      progress.update(task, description=f"S={size}: building the dict")
+      stage.describe(f"S={size}: building the dict")
       reference = DictMatcher(flat, offsets, args.max_n)
-      progress.update(task, description=f"S={size}: dict matching")
+      stage.describe(f"S={size}: dict matching")
       dict_tokens, dict_segments = tokens[:dict_rows].tolist(), segments[:dict_rows].tolist()
       t0 = time.process_time()
       expected = [reference.match_row(t, s) for t, s in zip(dict_tokens, dict_segments)]

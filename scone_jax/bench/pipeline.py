@@ -14,7 +14,8 @@ import time
 def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--data", default="demo_out/data", help="prepared DATA (default: the demo's)")
   p.add_argument("--fgrams", default="demo_out/fgrams", help="f-gram directory FG (default: the demo's)")
-  p.add_argument("--gin_file", default="runs/tiny_scone_cpu.gin")
+  p.add_argument("--gin_file", action="append", default=None,
+                 help="gin files, repeatable (default models/tiny.gin methods/scone.gin runs/cpu.gin)")
   p.add_argument("--batches", type=int, default=40, help="batches timed for the pipeline")
   p.add_argument("--steps", type=int, default=10, help="train steps timed")
 
@@ -25,20 +26,18 @@ def run(args) -> int:
   from scone_jax import experiment, parallel
   from scone_jax.data import pipeline
   from scone_jax.errors import UserError
-  from scone_jax.train.state import Trainer
+  from scone_jax.train.state import make_trainer
 
   for path, what in ((args.data, "--data"), (args.fgrams, "--fgrams")):
     if not os.path.isfile(os.path.join(path, "meta.json")):
       raise UserError(f"{what} {path!r} has no meta.json: run `make demo` first or pass {what}")
-  exp = experiment.load([args.gin_file], [f"DATA_DIR = '{os.path.abspath(args.data)}'",
-                                          f"FGRAM_DIR = '{os.path.abspath(args.fgrams)}'"])
+  files = args.gin_file or ["models/tiny.gin", "methods/scone.gin", "runs/cpu.gin"]
+  exp = experiment.load(files, [f"DATA_DIR = '{os.path.abspath(args.data)}'",
+                                f"FGRAM_DIR = '{os.path.abspath(args.fgrams)}'"])
   mesh = parallel.make_mesh(exp.mesh)
-  trainer = Trainer(exp.model, exp.train, mesh, exp.build_model)
+  trainer = make_trainer(exp, mesh)
   dcfg = exp.data
-  spec = pipeline.PipelineSpec(dcfg.data_dir, "train", dcfg.seq_len, dcfg.batch_size, seed=dcfg.shuffle_seed,
-                               prefetch=0, row_features=exp.row_features(),
-                               batch_features=exp.batch_features(0, trainer.batch_devices, dcfg.batch_size))
-  it = iter(pipeline.make_dataset(spec))
+  it = iter(pipeline.make_dataset(exp.pipeline_spec("train", batch_devices=trainer.batch_devices, prefetch=0)))
   batches = [next(it) for _ in range(3)]   # warm-up: open shards, build the matcher's table
   t0 = time.perf_counter()
   for _ in range(args.batches):
@@ -46,8 +45,8 @@ def run(args) -> int:
   pipe_tps = args.batches * dcfg.batch_size * dcfg.seq_len / (time.perf_counter() - t0)
   distinct = max(int((b["unique_lengths"] > 0).sum()) for b in batches)
   print(f"bench pipeline: {pipe_tps:,.0f} tokens/s on one host thread (batch {dcfg.batch_size} x {dcfg.seq_len}, "
-        f"|V_f| {len(exp.fgram_vocab):,}, K {exp.max_n}, up to {distinct} distinct f-grams per batch "
-        f"of {exp.max_unique(dcfg.batch_size, trainer.batch_devices)} slots)", flush=True)
+        f"|V_f| {len(exp.method.fgram_vocab):,}, K {exp.method.max_n}, up to {distinct} distinct f-grams per batch "
+        f"of {exp.method.max_unique(dcfg.batch_size, trainer.batch_devices)} slots)", flush=True)
   with jax.set_mesh(mesh):
     state = trainer.init()
     step_fn = trainer.jit_train_step(batches[0])

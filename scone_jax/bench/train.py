@@ -53,7 +53,8 @@ def run(args) -> int:
   import numpy as np
 
   from scone_jax import parallel
-  from scone_jax.config import FgramConfig, MeshConfig, ModelConfig, TrainConfig
+  from scone_jax.config import MeshConfig, ModelConfig, TrainConfig
+  from scone_jax.methods.scone import FgramConfig, SconeEmbedding
   from scone_jax.models import accounting, build_model
   from scone_jax.train.metrics import measure_matmul_peak
   from scone_jax.train.state import Trainer
@@ -94,7 +95,7 @@ def run(args) -> int:
   index = np.where(rng.random((b, l)) < 0.6, rng.integers(0, u, (b, l)), -1).astype(np.int32)
   index.reshape(-1)[:u] = np.arange(u)   # every distinct f-gram is used
   sbatch = {**batch, "fgram_index": index, "unique_tokens": unique_tokens, "unique_lengths": lengths}
-  scone_trainer = Trainer(scfg, tcfg, mesh, lambda: build_model(scfg, 0, fgram=fcfg, max_n=k))
+  scone_trainer = Trainer(scfg, tcfg, mesh, lambda: build_model(scfg, 0, input_embedding=lambda r: SconeEmbedding(scfg, fcfg, k, r)))
   fmodel = fcfg.model_config(scfg)
   per_fgram = k * accounting.decoder_forward_flops(fmodel, k)
   scone_flops = base_acct.train_flops_per_token * b * l + 3 * per_fgram * u

@@ -15,6 +15,7 @@ import os
 import sysconfig
 from typing import Callable, Iterator, NamedTuple
 
+from scone_jax.data import seqio_task
 from scone_jax.errors import UserError
 
 BUILTIN_STDLIB = "builtin:python-stdlib"
@@ -156,7 +157,6 @@ def _file_corpus(patterns: list[str]) -> Corpus:
 
 
 def _seqio_corpus(task_name: str, feature: str, splits: list[str] | None) -> Corpus:
-  from scone_jax.data import seqio_task
   task_splits = seqio_task.task_text_splits(task_name, feature, splits)
 
   def read() -> Iterator[Document]:

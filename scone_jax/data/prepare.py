@@ -6,26 +6,25 @@ Two passes over the corpus (corpus.py):
   2. tokenize: train (or copy) the tokenizer, encode every document, check that it decodes
      back exactly, and write the shards round-robin.
 Everything is written into a temporary directory next to --out that is renamed into place
-last: an interrupted prepare never leaves a DATA that looks complete.
+last (scone_jax.files.atomic_directory): an interrupted prepare never leaves a DATA that looks
+complete.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from typing import Sequence
 
-from scone_jax.data import corpus as corpus_lib
-from scone_jax.data import shards
-from scone_jax.data import tokenizer as tokenizer_lib
+from scone_jax.data import corpus as corpus_lib, seqio_task, shards, tokenizer as tokenizer_lib
 from scone_jax.errors import UserError
+from scone_jax.files import atomic_directory
+from scone_jax.progress import Bars, progress_bars
 
 VOCAB_FILE = "vocab.model"
 DEFAULT_VOCAB_SIZE = 4096
@@ -131,36 +130,30 @@ def prepare(inputs: list[str] | str, out: str, *, vocab_size: int = DEFAULT_VOCA
   _check_out(out, overwrite)
   if vocab is not None:
     tokenizer_lib.Tokenizer(vocab, flag="--vocab")  # fail before reading the corpus
-  from scone_jax.data import seqio_task
   seqio_task.import_modules(list(seqio_modules))
   corpus = corpus_lib.open_corpus(inputs, seqio_feature=seqio_feature, seqio_splits=seqio_splits,
                                   max_docs=max_docs)
-  show = sys.stderr.isatty() if progress is None else progress
-  tmp_dir = _make_tmp_dir(out)
-  try:
-    with _Progress(show) as bars:
-      meta = _prepare_into(tmp_dir, corpus, bars, vocab_size=vocab_size, vocab=vocab,
-                           model_type=model_type, validation_fraction=validation_fraction,
-                           num_shards=num_shards, sample_chars=tokenizer_sample_chars)
-    _move_into_place(tmp_dir, out)
-  except BaseException:
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    raise
+  _make_parent(out)
+  with atomic_directory(out) as tmp_dir, progress_bars(enabled=progress) as bars:
+    meta = _prepare_into(tmp_dir, corpus, bars, vocab_size=vocab_size, vocab=vocab,
+                         model_type=model_type, validation_fraction=validation_fraction,
+                         num_shards=num_shards, sample_chars=tokenizer_sample_chars)
   name = seqio_task.register_prepared(out, task_name) if register else None
   return PrepareResult(out, meta, name, time.perf_counter() - start)
 
 
-def _prepare_into(data_dir: str, corpus: corpus_lib.Corpus, bars: "_Progress", *, vocab_size: int,
+def _prepare_into(data_dir: str, corpus: corpus_lib.Corpus, bars: Bars, *, vocab_size: int,
                   vocab: str | None, model_type: str, validation_fraction: float,
                   num_shards: int | None, sample_chars: int) -> shards.DataMeta:
   train_tokenizer = vocab is None
   scan = _scan(corpus, validation_fraction, sample_chars if train_tokenizer else None, bars)
   vocab_path = os.path.join(data_dir, VOCAB_FILE)
   if train_tokenizer:
-    with bars.spinner(f"training a {model_type} tokenizer ({vocab_size} pieces, "
-                      f"{scan.sample.num_chars} characters)"):
-      tokenizer_lib.train(scan.sample.sentences(), vocab_path, vocab_size, model_type,
-                          sampled=scan.sample.dropped)
+    training = bars.task(f"training a {model_type} tokenizer ({vocab_size} pieces, "
+                         f"{scan.sample.num_chars} characters)")
+    tokenizer_lib.train(scan.sample.sentences(), vocab_path, vocab_size, model_type,
+                        sampled=scan.sample.dropped)
+    training.finish()
   else:
     shutil.copyfile(vocab, vocab_path)
   tokenizer = tokenizer_lib.Tokenizer(vocab_path)
@@ -199,7 +192,7 @@ def _prepare_into(data_dir: str, corpus: corpus_lib.Corpus, bars: "_Progress", *
 
 def _write_shards(data_dir: str, corpus: corpus_lib.Corpus, scan: _Scan,
                   tokenizer: tokenizer_lib.Tokenizer, num_shards: int | None,
-                  bars: "_Progress") -> tuple[dict[str, shards.ShardWriter], list[str]]:
+                  bars: Bars) -> tuple[dict[str, shards.ShardWriter], list[str]]:
   """Pass 2: encodes every document into its split's shards; returns the writers and the
   identities of documents that do not decode back exactly."""
   counts = {"train": scan.is_validation.count(0), "validation": scan.is_validation.count(1)}
@@ -223,7 +216,7 @@ def _write_shards(data_dir: str, corpus: corpus_lib.Corpus, scan: _Scan,
         if text_back != doc.text:
           lossy.append(doc.identity)
         index += 1
-      bars.advance(task, len(batch))
+      task.advance(len(batch))
   finally:
     for writer in writers.values():
       writer.close()
@@ -233,14 +226,14 @@ def _write_shards(data_dir: str, corpus: corpus_lib.Corpus, scan: _Scan,
 
 
 def _scan(corpus: corpus_lib.Corpus, validation_fraction: float, sample_chars: int | None,
-          bars: "_Progress") -> _Scan:
+          bars: Bars) -> _Scan:
   """Pass 1: assigns splits, counts characters, samples train text for the tokenizer."""
   is_validation = bytearray()
   fractions: list[float] = []
   lengths: list[int] = []
   fingerprint = hashlib.sha256()
   sample = tokenizer_lib.TrainingSample(sample_chars) if sample_chars is not None else None
-  task = bars.task("reading", total=None)
+  task = bars.task("reading")
   for doc in corpus.documents():
     fraction = tokenizer_lib.stable_fraction(doc.identity, doc.text)
     fractions.append(fraction)
@@ -249,8 +242,8 @@ def _scan(corpus: corpus_lib.Corpus, validation_fraction: float, sample_chars: i
     fingerprint.update(f"{doc.identity}\0{len(doc.text)}\n".encode("utf-8", "surrogatepass"))
     if sample is not None and not is_validation[-1]:
       sample.add_document(doc.text)
-    bars.advance(task, 1)
-  bars.finish(task)
+    task.advance()
+  task.finish()
   if not is_validation:
     raise UserError(f"input {corpus.source!r} holds no documents (or only empty ones); "
                     "pass a corpus with text in it")
@@ -299,74 +292,16 @@ def _check_out(out: str, overwrite: bool) -> None:
                     "or choose another path")
 
 
-def _make_tmp_dir(out: str) -> str:
-  """An empty directory beside `out` (same filesystem, so the final rename is atomic)."""
+def _make_parent(out: str) -> None:
+  """Creates the directory `out` goes in, or says what is in the way."""
   parent = os.path.dirname(os.path.abspath(out))
   try:
     os.makedirs(parent, exist_ok=True)
-    base = os.path.basename(os.path.abspath(out))
-    tmp_dir = tempfile.mkdtemp(prefix=f".{base}.partial-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
-    return tmp_dir
   except OSError as e:
     blocker = parent
     while not os.path.exists(blocker) and os.path.dirname(blocker) != blocker:
       blocker = os.path.dirname(blocker)
     why = f"{blocker!r} is a file" if os.path.isfile(blocker) else (e.strerror or str(e))
     raise UserError(f"cannot write --out {out!r}: {why}; choose a writable directory") from e
-
-
-def _move_into_place(tmp_dir: str, out: str) -> None:
-  old = None
-  if os.path.isdir(out):
-    if os.listdir(out):  # --overwrite: keep the old DATA until the new one is in place
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.old-",
-                             dir=os.path.dirname(os.path.abspath(out)))
-      os.replace(out, old)
-    else:
-      os.rmdir(out)
-  os.replace(tmp_dir, out)
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
-
-
-class _Progress:
-  """rich progress bars on stderr, or nothing at all when `show` is False."""
-
-  def __init__(self, show: bool):
-    self._show = show
-    self._progress = None
-
-  def __enter__(self) -> "_Progress":
-    if self._show:
-      from rich.console import Console
-      from rich import progress as rp
-      self._progress = rp.Progress(
-          rp.SpinnerColumn(), rp.TextColumn("{task.description}"), rp.BarColumn(),
-          rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), console=Console(stderr=True))
-      self._progress.start()
-    return self
-
-  def __exit__(self, *exc) -> None:
-    if self._progress is not None:
-      self._progress.stop()
-
-  def task(self, description: str, total: int | None):
-    return self._progress.add_task(description, total=total) if self._progress else None
-
-  def advance(self, task, amount: int) -> None:
-    if self._progress is not None:
-      self._progress.advance(task, amount)
-
-  def finish(self, task) -> None:
-    if self._progress is not None:
-      done = next(t.completed for t in self._progress.tasks if t.id == task) or 1
-      self._progress.update(task, total=done, completed=done)
-
-  @contextlib.contextmanager
-  def spinner(self, description: str):
-    task = self.task(description, None)
-    yield
-    self.finish(task)
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"cannot write --out {out!r}: {parent!r} is not writable; choose a writable directory")

@@ -15,6 +15,8 @@ import sys
 import tempfile
 from typing import Iterator
 
+from array_record.python.array_record_module import ArrayRecordReader
+
 from scone_jax.data import shards
 from scone_jax.errors import UserError
 
@@ -129,7 +131,6 @@ def _shard_dataset_fn(data_dir: str):
 
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
     import tensorflow as tf
-    from array_record.python.array_record_module import ArrayRecordReader
     paths = shards.shard_paths(data_dir, split)
     if shuffle_files:
       random.Random(seed).shuffle(paths)

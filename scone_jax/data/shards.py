@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 from typing import Iterator
 
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from scone_jax.errors import UserError
+from scone_jax.files import atomic_write_json
+from scone_jax.integrity import file_sha256
 
 SPLITS = ("train", "validation")
 META = "meta.json"
@@ -75,11 +79,7 @@ def load_meta(data_dir: str) -> DataMeta:
 
 def write_meta(data_dir: str, meta: DataMeta) -> None:
   """Writes meta.json atomically (temp file + rename): readers never see half a file."""
-  path = os.path.join(data_dir, META)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(meta.to_json(), f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  atomic_write_json(os.path.join(data_dir, META), meta.to_json(), indent=2, sort_keys=True)
 
 
 def encode_document(ids) -> bytes:
@@ -94,7 +94,6 @@ class ShardWriter:
   """Writes documents round-robin into `count` ArrayRecord shards of one split."""
 
   def __init__(self, data_dir: str, split: str, count: int):
-    from array_record.python.array_record_module import ArrayRecordWriter
     self.paths = [os.path.join(data_dir, shard_name(split, i, count)) for i in range(count)]
     self._writers = [ArrayRecordWriter(p, WRITER_OPTIONS) for p in self.paths]
     self._next = 0
@@ -114,7 +113,6 @@ class ShardWriter:
 
 def read_documents(data_dir: str, split: str) -> Iterator[np.ndarray]:
   """Yields every document of a split as an int32 array, shard by shard, in record order."""
-  from array_record.python.array_record_module import ArrayRecordReader
   for path in shard_paths(data_dir, split):
     reader = ArrayRecordReader(path)
     try:
@@ -129,7 +127,6 @@ def read_documents(data_dir: str, split: str) -> Iterator[np.ndarray]:
 def data_fingerprint(data_dir: str) -> str:
   """sha256 of the canonical meta.json: it names the tokenizer, counts and shard hashes, so
   two data directories with equal fingerprints hold the same tokens."""
-  import hashlib
   meta = load_meta(data_dir)
   blob = json.dumps(meta.to_json(), sort_keys=True).encode()
   return hashlib.sha256(blob).hexdigest()
@@ -139,7 +136,6 @@ def verify_shards(data_dir: str, splits: tuple[str, ...] = SPLITS) -> None:
   """Checks every shard of `splits` against the sha256 recorded in meta.json; corrupted or
   swapped shards are refused before anything is decoded. Directories written before hashes were
   recorded (no `shard_sha256`) are accepted as they are."""
-  from scone_jax.integrity import file_sha256
   meta = load_meta(data_dir)
   recorded = meta.extra.get("shard_sha256")
   if not recorded:

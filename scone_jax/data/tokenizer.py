@@ -21,6 +21,9 @@ import re
 import tempfile
 from typing import Iterable, Iterator, Sequence
 
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
+
 from scone_jax.errors import UserError
 from scone_jax.integrity import file_sha256  # noqa: F401  (also used as tokenizer.file_sha256)
 
@@ -105,7 +108,6 @@ def train(sentences: Sequence[str], out_path: str, vocab_size: int, model_type: 
   `sampled` says the sentences are a sample of a larger text (the message then says so).
   Deterministic: same sentences, same arguments -> byte-identical model file.
   """
-  import sentencepiece as spm
   if model_type not in MODEL_TYPES:
     raise UserError(f"--model_type {model_type!r} is not one of {', '.join(MODEL_TYPES)}")
   if not sentences:
@@ -139,7 +141,6 @@ def train(sentences: Sequence[str], out_path: str, vocab_size: int, model_type: 
 def _without_rule_paths(blob: bytes) -> bytes:
   """The model with the temporary rule-file paths blanked: they are compiled into the
   charsmaps already, and a path that differs per run would make the file non-reproducible."""
-  from sentencepiece import sentencepiece_model_pb2
   proto = sentencepiece_model_pb2.ModelProto()
   proto.ParseFromString(blob)
   proto.normalizer_spec.normalization_rule_tsv = ""
@@ -164,7 +165,6 @@ class Tokenizer:
 
   def __init__(self, path: str, flag: str = "tokenizer"):
     """`flag` names the path in error messages (e.g. "--vocab")."""
-    import sentencepiece as spm
     if not os.path.isfile(path):
       raise UserError(f"{flag} {path!r} does not exist; pass a SentencePiece .model file")
     with open(path, "rb") as f:

@@ -28,7 +28,9 @@ import hashlib
 import json
 import os
 
+import ml_dtypes
 import numpy as np
+import tensorstore as ts
 
 from scone_jax.errors import UserError
 
@@ -47,7 +49,6 @@ def shared_context():
   """One tensorstore Context per process: a `memory://` store written by the exporter is the
   one a reader in the same process opens (a fresh context would see an empty memory kvstore)."""
   global _CONTEXT
-  import tensorstore as ts
   if _CONTEXT is None:
     _CONTEXT = ts.Context()
   return _CONTEXT
@@ -55,7 +56,6 @@ def shared_context():
 
 def read_context(cache_bytes: int, concurrency: int = 64):
   """A child of the shared context with its own bounded cache pool and I/O concurrency."""
-  import tensorstore as ts
   spec = {"cache_pool": {"total_bytes_limit": int(cache_bytes)},
           "file_io_concurrency": {"limit": int(concurrency)}}
   return ts.Context(ts.Context.Spec(spec), parent=shared_context())
@@ -63,7 +63,6 @@ def read_context(cache_bytes: int, concurrency: int = 64):
 
 def kvstore_spec(url: str) -> dict:
   """A tensorstore kvstore spec (JSON) for a local path or a kvstore URL, its path ending in '/'."""
-  import tensorstore as ts
   if "://" in url:
     try:
       spec = ts.KvStore.Spec(url).to_json()
@@ -84,7 +83,6 @@ def child(spec: dict, name: str) -> dict:
 
 def open_root(url: str):
   """The store's root as a tensorstore KvStore (keys relative to the root)."""
-  import tensorstore as ts
   return ts.KvStore.open(kvstore_spec(url), context=shared_context()).result()
 
 
@@ -121,7 +119,6 @@ def default_rows_per_shard(num_rows: int, dim: int, dtype: str) -> int:
 
 def _np_dtype(dtype: str):
   if dtype == "bfloat16":
-    import ml_dtypes
     return ml_dtypes.bfloat16
   return np.dtype(dtype)
 
@@ -187,7 +184,6 @@ def array_spec(url: str, name: str) -> dict:
 
 def create_arrays(url: str, layout: Layout) -> None:
   """Writes the group and the arrays' metadata (no data) into an empty store."""
-  import tensorstore as ts
   root = open_root(url)
   write_json(root, "zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": {}})
   for name in layout.arrays():
@@ -198,7 +194,6 @@ def create_arrays(url: str, layout: Layout) -> None:
 def open_arrays(url: str, names, *, context=None, read_only: bool = False) -> dict:
   """{name: ts.TensorStore} of existing arrays. Readers pass a context with a bounded cache; the
   store is immutable once complete, so cached data is never rechecked."""
-  import tensorstore as ts
   out = {}
   for name in names:
     spec = array_spec(url, name)
@@ -225,13 +220,11 @@ def finished_blocks(kv) -> dict[int, dict]:
 
 
 def _prefix_range(prefix: str):
-  import tensorstore as ts
   return ts.KvStore.KeyRange(prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))
 
 
 def delete_all(kv) -> None:
   """Removes every key of the store (the kvstore's whole range below its root)."""
-  import tensorstore as ts
   kv.delete_range(ts.KvStore.KeyRange()).result()
 
 
@@ -255,8 +248,7 @@ def array_sha256(array: np.ndarray, rows_per_shard: int) -> str:
 
 def register_zarr_bfloat16() -> None:
   """Teaches zarr-python 3 the zarr v3 `bfloat16` data type (numpy dtype from ml_dtypes), so it
-  reads bfloat16 stores. Idempotent."""
-  import ml_dtypes
+  reads bfloat16 stores. Idempotent. (zarr-python is an optional dependency: imported here.)"""
   from zarr.core.dtype import data_type_registry
   from zarr.core.dtype.npy.float import Float16
   if "bfloat16" in data_type_registry.contents:

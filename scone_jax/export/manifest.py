@@ -2,7 +2,7 @@
 
 `manifest.json` says what the store holds (dtype, d, S, K, the block layout, per-array hashes)
 and what it was made from: the sha256 of the checkpoint's parameters (`checkpoint_sha256`, see
-export.run.params_sha256) and of `fgrams.parquet`. A reader that serves a run refuses a store
+train.restore.params_sha256) and of `fgrams.parquet`. A reader that serves a run refuses a store
 whose manifest names another checkpoint or another f-gram file, and a store with no manifest.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ import dataclasses
 
 from scone_jax.errors import UserError
 from scone_jax.export import layout as L
+from scone_jax.train.restore import LoadedRun, params_sha256
 
 FORMAT = "scone-jax-fgram-store"
 VERSION = 1
@@ -24,6 +25,16 @@ class Identity:
   num_rows: int   # S
   dim: int        # d
   max_n: int      # K
+
+
+def identity_of(run: LoadedRun) -> Identity:
+  """What a store exported from this run records; UserError for a run with no f-gram table."""
+  method = run.exp.method
+  if method.fgram_vocab is None:
+    raise UserError(f"run {run.workdir!r} is not a SCONE run (ModelConfig.embedding="
+                    f"{run.exp.model.embedding!r}): it has no f-gram table to export or read")
+  return Identity(params_sha256(run.params), method.fgrams_sha256(), len(method.fgram_vocab),
+                  run.exp.model.d_model, method.max_n)
 
 
 @dataclasses.dataclass(frozen=True)

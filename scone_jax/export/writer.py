@@ -1,4 +1,4 @@
-"""`scone-jax export`: A_f over every f-gram, once, into a zarr v3 store (METHODS.md 1.5).
+"""`scone-jax export`: A_f over every f-gram, once, into a zarr v3 store (docs/METHODS.md 1.5).
 
 The rows are cut into blocks of `rows_per_shard` f-grams, one shard file per block (layout.py).
 Pending blocks are dealt round-robin to the processes; at each step every process runs A_f on its
@@ -20,11 +20,17 @@ import sys
 import time
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
 
+from scone_jax import parallel
 from scone_jax.errors import UserError
-from scone_jax.export import layout as L
-from scone_jax.export import manifest as M
+from scone_jax.export import layout as L, manifest as M
+from scone_jax.progress import progress_bar
+from scone_jax.train.restore import load_run
 
 # (tokens [n, K] int32, lengths [n] int32) of this process's rows -> (rows [n, d] stored dtype,
 # scales [n] float32 or None)
@@ -50,13 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-  from scone_jax import parallel
   parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
-  import jax
-  from scone_jax.export.run import load_run
   run_ = load_run(args.workdir, step=args.step)
-  identity = run_.identity()
-  vocab = run_.exp.fgram_vocab
+  identity = M.identity_of(run_)
+  vocab = run_.exp.method.fgram_vocab
   rows_per_shard = args.rows_per_shard or L.default_rows_per_shard(len(vocab), identity.dim, args.dtype)
   if rows_per_shard < 1 or rows_per_shard & (rows_per_shard - 1):
     raise UserError(f"--rows_per_shard {rows_per_shard} must be a power of two")
@@ -65,7 +68,7 @@ def run(args) -> int:
     raise UserError(f"--batch_rows {batch_rows} must divide --rows_per_shard {rows_per_shard}")
   layout = L.Layout(len(vocab), identity.dim, identity.max_n, args.dtype, rows_per_shard,
                     L.inner_rows_for(identity.dim, args.dtype, rows_per_shard))
-  tokens, lengths = fgram_token_matrix(vocab)
+  tokens, lengths = vocab.token_matrix()
   rows_fn = AfRows(run_.trainer, run_.params, args.dtype)
   show = jax.process_index() == 0 and (args.progress or sys.stderr.isatty())
   summary = export_table(args.out, layout, tokens, lengths, rows_fn, identity, step=run_.step,
@@ -84,15 +87,9 @@ def run(args) -> int:
   return 0
 
 
-def fgram_token_matrix(vocab) -> tuple[np.ndarray, np.ndarray]:
-  """(tokens int32 [S, K] right-padded with -1, lengths int32 [S]) of every f-gram, in id order."""
-  return vocab.token_matrix()
-
-
 def to_store_dtype(rows_f32, dtype: str):
   """float32 rows [n, d] -> (rows in the stored dtype, float32 scales [n] for int8 else None).
   int8: scale = max|row| / 127, q = round(row / scale) (0 where the row is all zero)."""
-  import jax.numpy as jnp
   if dtype != "int8":
     return rows_f32.astype(jnp.dtype(L.numpy_dtype(dtype))), None
   scale = jnp.max(jnp.abs(rows_f32), axis=-1) / 127.0
@@ -106,9 +103,6 @@ class AfRows:
   global batch assembled from every process's rows, each process getting its own rows back."""
 
   def __init__(self, trainer, params, dtype: str):
-    import jax
-    from jax.sharding import NamedSharding
-    from scone_jax import parallel
     self.trainer, self.params, self.dtype = trainer, params, dtype
     mesh = trainer.mesh
     self.row2d = NamedSharding(mesh, parallel.logical_to_spec(("unique_fgrams", None)))
@@ -124,7 +118,6 @@ class AfRows:
                        out_shardings=out_shardings)
 
   def __call__(self, tokens: np.ndarray, lengths: np.ndarray):
-    import jax
     n = len(tokens)
     local_devices = self.trainer.batch_devices // jax.process_count()
     if n % max(local_devices, 1):
@@ -150,22 +143,8 @@ def _local_rows(array, n: int) -> np.ndarray:
 
 
 def _barrier(name: str) -> None:
-  import jax
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
-
-
-def _progress(show: bool, total: int):
-  if not show:
-    return None
-  from rich.console import Console
-  from rich import progress as rp
-  bar = rp.Progress(rp.TextColumn("export"), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TextColumn("blocks"),
-                    rp.TimeElapsedColumn(), rp.TimeRemainingColumn(), console=Console(stderr=True))
-  bar.start()
-  bar.add_task("export", total=total)
-  return bar
 
 
 def export_table(url: str, layout: L.Layout, tokens: np.ndarray, lengths: np.ndarray, rows_fn: RowsFn,
@@ -173,7 +152,6 @@ def export_table(url: str, layout: L.Layout, tokens: np.ndarray, lengths: np.nda
                  batch_rows: int = 0, stop_after_blocks: int | None = None, progress: bool = False) -> dict:
   """Writes (or resumes, or restarts) the store at `url`; returns a summary dict
   {complete, already_complete, blocks_written, blocks_skipped, bytes_written, seconds}."""
-  import jax
   t0 = time.perf_counter()
   pid, nproc = jax.process_index(), jax.process_count()
   batch_rows = batch_rows or layout.rows_per_shard
@@ -212,36 +190,32 @@ def export_table(url: str, layout: L.Layout, tokens: np.ndarray, lengths: np.nda
   if stop_after_blocks is not None:
     steps = min(steps, stop_after_blocks)
   summary["blocks_skipped"] = len(done)
-  bar = _progress(progress, len(pending))
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=PENDING_WRITES)
   writes: collections.deque = collections.deque()
-  try:
-    for i in range(steps):
-      block = mine[i] if i < len(mine) else None
-      lo, hi = layout.block_rows(block) if block is not None else (0, 0)
-      # Every process makes the same calls (collectives); one without a block feeds padding.
-      block_tokens = np.zeros((layout.rows_per_shard, layout.max_n), np.int32)
-      block_lengths = np.full(layout.rows_per_shard, 2, np.int32)
-      block_tokens[:hi - lo], block_lengths[:hi - lo] = tokens[lo:hi], lengths[lo:hi]
-      parts = [rows_fn(block_tokens[j:j + batch_rows], block_lengths[j:j + batch_rows])
-               for j in range(0, layout.rows_per_shard, batch_rows)]
-      if block is None:
-        continue
-      rows = np.concatenate([p[0] for p in parts])[:hi - lo]
-      scales = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])[:hi - lo]
-      while len(writes) >= PENDING_WRITES:
+  with progress_bar("export (blocks)", len(pending), enabled=progress) as bar:
+    try:
+      for i in range(steps):
+        block = mine[i] if i < len(mine) else None
+        lo, hi = layout.block_rows(block) if block is not None else (0, 0)
+        # Every process makes the same calls (collectives); one without a block feeds padding.
+        block_tokens = np.zeros((layout.rows_per_shard, layout.max_n), np.int32)
+        block_lengths = np.full(layout.rows_per_shard, 2, np.int32)
+        block_tokens[:hi - lo], block_lengths[:hi - lo] = tokens[lo:hi], lengths[lo:hi]
+        parts = [rows_fn(block_tokens[j:j + batch_rows], block_lengths[j:j + batch_rows])
+                 for j in range(0, layout.rows_per_shard, batch_rows)]
+        if block is None:
+          continue
+        rows = np.concatenate([p[0] for p in parts])[:hi - lo]
+        scales = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])[:hi - lo]
+        while len(writes) >= PENDING_WRITES:
+          summary["bytes_written"] += writes.popleft().result()
+          bar.advance(nproc)
+        writes.append(pool.submit(_write_block, kv, arrays, layout, block, rows, scales, tokens[lo:hi], pid))
+      while writes:
         summary["bytes_written"] += writes.popleft().result()
-        if bar:
-          bar.advance(0, nproc)
-      writes.append(pool.submit(_write_block, kv, arrays, layout, block, rows, scales, tokens[lo:hi], pid))
-    while writes:
-      summary["bytes_written"] += writes.popleft().result()
-      if bar:
-        bar.advance(0, nproc)
-  finally:
-    pool.shutdown(wait=True)
-    if bar:
-      bar.stop()
+        bar.advance(nproc)
+    finally:
+      pool.shutdown(wait=True)
   summary["blocks_written"] = min(steps, len(mine))
   _barrier("export-written")
   if pid == 0 and len(L.finished_blocks(kv)) == layout.num_blocks:

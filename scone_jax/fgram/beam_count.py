@@ -7,7 +7,7 @@ The graph, for K = max_n:
   Flatten(survivors of every pass) -> Top.Of(S, rank key) -> WriteRanked (one parquet file)
 An n-gram is a tuple of ints; a candidate of pass n > 2 must have its (n-1)-prefix and
 (n-1)-suffix among the survivors of pass n-1 (apriori pruning, exact). The rank key is
-(-count, n, tokens), the order of METHODS.md 1.1, so the output rows equal the local counter's.
+(-count, n, tokens), the order of docs/METHODS.md 1.1, so the output rows equal the local counter's.
 
 Runs on the DirectRunner in-process by default; any Beam pipeline option (--runner=DataflowRunner,
 --project, --temp_location, Flink/Spark options, ...) passes through. On a remote runner the shard
@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import tempfile
 import uuid
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from array_record.python.array_record_module import ArrayRecordReader
 
-from scone_jax.fgram.count import RankedFgrams, validate_params
+from scone_jax.fgram.count import counted_meta, validate_params
+from scone_jax.fgram.vocab import FgramVocab
 
 DIRECT_DEFAULTS = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
 
@@ -37,7 +42,6 @@ def rank_key(fgram_count: tuple[tuple[int, ...], int]) -> tuple:
 
 def read_shard(path: str):
   """Yields every record (one document, little-endian int32 ids) of one ArrayRecord shard."""
-  from array_record.python.array_record_module import ArrayRecordReader
   reader = ArrayRecordReader(path)
   try:
     n = reader.num_records()
@@ -68,8 +72,6 @@ def _count_pass(record: bytes, survivors, n: int, special_ids: frozenset[int]):
 
 def _write_ranked(ranked: list, tokens_counted: int, path: str) -> str:
   """Writes the ranked (tuple, count) list as parquet (tokens, count) with tokens_counted metadata."""
-  import pyarrow as pa
-  import pyarrow.parquet as pq
   from apache_beam.io.filesystems import FileSystems
   table = pa.table({"tokens": pa.array([list(g) for g, _ in ranked], pa.list_(pa.int32())),
                     "count": pa.array([c for _, c in ranked], pa.int64())})
@@ -79,16 +81,16 @@ def _write_ranked(ranked: list, tokens_counted: int, path: str) -> str:
   return path
 
 
-def _read_ranked(path: str) -> RankedFgrams:
-  import pyarrow.parquet as pq
+def _read_ranked(path: str, *, max_n: int, size: int, min_count: int, vocab_size: int) -> FgramVocab:
   from apache_beam.io.filesystems import FileSystems
   with FileSystems.open(path) as f:
     table = pq.read_table(f)
   tokens = table.column("tokens").combine_chunks()
   offsets = np.asarray(tokens.offsets, dtype=np.int64)
-  return RankedFgrams(np.asarray(tokens.values, dtype=np.int32), offsets - offsets[0],
-                      np.asarray(table.column("count"), dtype=np.int64),
-                      int(table.schema.metadata[b"tokens_counted"]))
+  counts = np.asarray(table.column("count"), dtype=np.int64)
+  meta = counted_meta(max_n=max_n, size=size, min_count=min_count, vocab_size=vocab_size,
+                      tokens_counted=int(table.schema.metadata[b"tokens_counted"]), num_fgrams=len(counts))
+  return FgramVocab(np.asarray(tokens.values, dtype=np.int32), offsets - offsets[0], counts, meta)
 
 
 def build_pipeline(pipeline, shard_paths: list[str], *, special_ids, max_n: int, size: int, min_count: int,
@@ -118,10 +120,12 @@ def build_pipeline(pipeline, shard_paths: list[str], *, special_ids, max_n: int,
           | "WriteRanked" >> beam.Map(_write_ranked, beam.pvalue.AsSingleton(tokens_counted), result_path))
 
 
-def count_fgrams_beam(shard_paths: list[str], *, special_ids=(), max_n: int, size: int, min_count: int = 5,
-                      beam_args: list[str] | tuple[str, ...] = (), tmp_dir: str | None = None) -> RankedFgrams:
+def count_fgrams_beam(shard_paths: list[str], *, vocab_size: int, special_ids=(), max_n: int, size: int,
+                      min_count: int = 5, beam_args: list[str] | tuple[str, ...] = (),
+                      tmp_dir: str | None = None) -> FgramVocab:
   """Runs the pipeline (DirectRunner in-process unless beam_args name another runner) and returns
-  the same RankedFgrams as scone_jax.fgram.count.count_fgrams on the same documents."""
+  the same FgramVocab as scone_jax.fgram.count.count_fgrams on the same documents (vocab_size
+  only goes into its meta)."""
   import apache_beam as beam
   from apache_beam.io.filesystems import FileSystems
   from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
@@ -141,10 +145,9 @@ def count_fgrams_beam(shard_paths: list[str], *, special_ids=(), max_n: int, siz
     with beam.Pipeline(options=options) as pipeline:
       build_pipeline(pipeline, shard_paths, special_ids=special_ids, max_n=max_n, size=size,
                      min_count=min_count, result_path=result_path)
-    return _read_ranked(result_path)
+    return _read_ranked(result_path, max_n=max_n, size=size, min_count=min_count, vocab_size=vocab_size)
   finally:
     if local_tmp is not None:
-      import shutil
       shutil.rmtree(local_tmp, ignore_errors=True)
     elif FileSystems.exists(result_path):
       FileSystems.delete([result_path])

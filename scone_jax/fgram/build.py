@@ -11,12 +11,14 @@ since --runner names our runner).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import sys
 
+from scone_jax.data.shards import data_fingerprint, load_meta, read_documents, shard_paths, verify_shards
 from scone_jax.errors import UserError
 from scone_jax.fgram import vocab as vocab_lib
-from scone_jax.fgram.count import DEFAULT_CHUNK_TOKENS, RankedFgrams, count_fgrams, validate_params
+from scone_jax.fgram.beam_count import count_fgrams_beam
+from scone_jax.fgram.count import DEFAULT_CHUNK_TOKENS, count_fgrams, validate_params
 
 ACCEPTS_EXTRA = True  # Beam pipeline options
 RUNNERS = ("local", "beam")
@@ -43,7 +45,6 @@ def beam_pipeline_args(extra: list[str]) -> list[str]:
 
 
 def _check_data(data_dir: str):
-  from scone_jax.data.shards import load_meta, shard_paths, verify_shards
   if not os.path.isdir(data_dir):
     raise UserError(f"--data {data_dir!r} is not a directory: run `scone-jax prepare --out {data_dir}` first")
   meta = load_meta(data_dir)
@@ -75,10 +76,10 @@ def _check_out(out_dir: str) -> None:
 
 
 def build(data_dir: str, out_dir: str, *, max_n: int, size: int, min_count: int = 5, runner: str = "local",
-          chunk_tokens: int = DEFAULT_CHUNK_TOKENS, tmp_dir: str | None = None, progress: bool = False,
+          chunk_tokens: int = DEFAULT_CHUNK_TOKENS, tmp_dir: str | None = None, progress: bool | None = False,
           beam_args: list[str] | tuple[str, ...] = ()) -> vocab_lib.FgramVocab:
-  """Counts DATA's train split, writes FG, returns the vocabulary (rank order, METHODS.md 1.1)."""
-  from scone_jax.data.shards import data_fingerprint, read_documents
+  """Counts DATA's train split, writes FG, returns the vocabulary (rank order, docs/METHODS.md 1.1).
+  progress: bars on stderr (local runner; None = when stderr is a TTY)."""
   validate_params(max_n, size, min_count)
   if runner not in RUNNERS:
     raise UserError(f"--runner {runner!r} is not one of {', '.join(RUNNERS)}")
@@ -90,35 +91,26 @@ def build(data_dir: str, out_dir: str, *, max_n: int, size: int, min_count: int 
   if not os.path.isdir(tmp_dir):
     raise UserError(f"--tmp_dir {tmp_dir!r} is not a directory: pass an existing writable directory")
   if runner == "local":
-    ranked = count_fgrams(read_documents(data_dir, "train"), vocab_size=meta.vocab_size,
-                          special_ids=meta.special_ids, max_n=max_n, size=size, min_count=min_count,
-                          chunk_tokens=chunk_tokens, tmp_dir=tmp_dir, progress=progress,
-                          source=f"train split of {data_dir!r}")
+    counted = count_fgrams(read_documents(data_dir, "train"), vocab_size=meta.vocab_size,
+                           special_ids=meta.special_ids, max_n=max_n, size=size, min_count=min_count,
+                           chunk_tokens=chunk_tokens, tmp_dir=tmp_dir, progress=progress,
+                           source=f"train split of {data_dir!r}")
   else:
-    from scone_jax.fgram.beam_count import count_fgrams_beam
-    ranked = count_fgrams_beam(paths, special_ids=meta.special_ids, max_n=max_n, size=size,
-                               min_count=min_count, beam_args=beam_args, tmp_dir=tmp_dir)
-  if len(ranked) == 0:
+    counted = count_fgrams_beam(paths, vocab_size=meta.vocab_size, special_ids=meta.special_ids, max_n=max_n,
+                                size=size, min_count=min_count, beam_args=beam_args, tmp_dir=tmp_dir)
+  if len(counted) == 0:
     raise UserError(f"no n-gram of 2..{max_n} tokens occurs {min_count} times in the train split of "
                     f"{data_dir!r}: lower --min_count")
-  fgram_meta = vocab_lib.FgramMeta(max_n=max_n, size=size, min_count=min_count,
-                                   tokens_counted=ranked.tokens_counted,
-                                   data_fingerprint=data_fingerprint(data_dir), num_fgrams=len(ranked),
-                                   vocab_size=meta.vocab_size)
-  fgram_vocab = to_vocab(ranked, fgram_meta)
-  vocab_lib.save(fgram_vocab, out_dir)
+  fgram_meta = dataclasses.replace(counted.meta, data_fingerprint=data_fingerprint(data_dir))
+  vocab_lib.save(dataclasses.replace(counted, meta=fgram_meta), out_dir)
   return vocab_lib.load(out_dir)
-
-
-def to_vocab(ranked: RankedFgrams, meta: vocab_lib.FgramMeta) -> vocab_lib.FgramVocab:
-  return vocab_lib.FgramVocab(ranked.flat, ranked.offsets, ranked.counts, meta)
 
 
 def run(args: argparse.Namespace) -> int:
   extra = list(getattr(args, "extra", []) or [])
   if extra and args.runner != "beam":
     raise UserError(f"unrecognized arguments {' '.join(extra)}: pipeline options apply only with --runner beam")
-  progress = args.progress or sys.stderr.isatty()
+  progress = args.progress or None  # None: bars when stderr is a TTY
   fgram_vocab = build(args.data, args.out, max_n=args.max_n, size=args.size, min_count=args.min_count,
                       runner=args.runner, chunk_tokens=args.chunk_tokens, tmp_dir=args.tmp_dir,
                       progress=progress, beam_args=beam_pipeline_args(extra))

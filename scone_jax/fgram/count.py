@@ -1,4 +1,4 @@
-"""Local f-gram counting: the paper's K-1 passes with apriori pruning (METHODS.md 1.1), in numpy.
+"""Local f-gram counting: the paper's K-1 passes with apriori pruning (docs/METHODS.md 1.1), in numpy.
 
 How an n-gram becomes an integer key (exact, no hashing). Pass n assigns every surviving n-gram
 (count >= c_min) an id: its index in the sorted array of surviving keys. An n-gram's key is
@@ -19,7 +19,6 @@ searchsorted of the chunk's sorted unique keys (sorted queries: cheap) instead o
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -29,32 +28,19 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from scone_jax.errors import UserError
+from scone_jax.fgram.vocab import FgramMeta, FgramVocab
+from scone_jax.progress import Bars, progress_bars
 
 DEFAULT_CHUNK_TOKENS = 1 << 23
 SEPARATOR = -1  # document boundary and special ids in the cached token chunks
 
 
-@dataclasses.dataclass
-class RankedFgrams:
-  """V_f in rank order: f-gram r is flat[offsets[r]:offsets[r+1]] and was seen counts[r] times."""
-  flat: np.ndarray       # int32 [sum of lengths]
-  offsets: np.ndarray    # int64 [S + 1]
-  counts: np.ndarray     # int64 [S]
-  tokens_counted: int    # tokens read (special ids included)
-  num_chunks: int = 1    # chunks the corpus was cached and counted in (> 1: runs were spilled and merged)
-
-  def __len__(self) -> int:
-    return len(self.counts)
-
-  def as_tuples(self) -> list[tuple[int, ...]]:
-    return [tuple(int(t) for t in self.flat[a:b]) for a, b in zip(self.offsets[:-1], self.offsets[1:])]
-
-  @classmethod
-  def from_tuples(cls, fgrams: list[tuple[int, ...]], counts, tokens_counted: int) -> "RankedFgrams":
-    offsets = np.zeros(len(fgrams) + 1, dtype=np.int64)
-    np.cumsum([len(g) for g in fgrams], out=offsets[1:])
-    flat = np.array([t for g in fgrams for t in g], dtype=np.int32)
-    return cls(flat, offsets, np.asarray(counts, dtype=np.int64).reshape(-1), tokens_counted)
+def counted_meta(*, max_n: int, size: int, min_count: int, vocab_size: int, tokens_counted: int,
+                 num_fgrams: int) -> FgramMeta:
+  """The meta of a counter's result: all a counter knows. `fgrams build` adds DATA's
+  data_fingerprint (dataclasses.replace) and save() the parquet's sha256."""
+  return FgramMeta(max_n=max_n, size=size, min_count=min_count, tokens_counted=tokens_counted,
+                   data_fingerprint="", num_fgrams=num_fgrams, vocab_size=vocab_size)
 
 
 def validate_params(max_n: int, size: int, min_count: int) -> None:
@@ -68,25 +54,27 @@ def validate_params(max_n: int, size: int, min_count: int) -> None:
 
 def count_fgrams(documents: Iterable[np.ndarray], *, vocab_size: int, special_ids=(), max_n: int,
                  size: int, min_count: int = 5, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                 tmp_dir: str | None = None, progress: bool = False,
-                 merge_block: int | None = None, source: str = "documents") -> RankedFgrams:
+                 tmp_dir: str | None = None, progress: bool | None = False,
+                 merge_block: int | None = None, source: str = "documents") -> FgramVocab:
   """Counts every n-gram (2 <= n <= max_n) inside documents and returns the top `size` of those
-  seen at least `min_count` times, ranked by (count desc, n asc, token ids asc).
+  seen at least `min_count` times, ranked by (count desc, n asc, token ids asc), as an
+  FgramVocab whose meta is counted_meta(...) (tokens_counted: tokens read, special ids included).
 
   documents: int token-id arrays in [0, vocab_size); n-grams containing a special id do not exist.
   chunk_tokens: tokens per in-memory chunk (memory is about 60 bytes per chunk token).
   tmp_dir: where chunk caches and spilled runs go (a private subdirectory, removed at the end).
   merge_block: entries per run held in memory while merging (default: chunk_tokens / #chunks).
+  progress: bars on stderr (scone_jax.progress: None = when stderr is a TTY).
   source: names the documents in error messages.
-  Returns an empty RankedFgrams when no n-gram reaches min_count.
+  Returns an empty FgramVocab when no n-gram reaches min_count.
   """
   validate_params(max_n, size, min_count)
   work = tempfile.mkdtemp(prefix=".fgram-count-", dir=tmp_dir)
   try:
-    with _progress_bar(progress) as bar:
-      chunks, tokens_counted = _cache_chunks(documents, work, vocab_size, special_ids, chunk_tokens, bar, source)
+    with progress_bars(enabled=progress) as bars:
+      chunks, tokens_counted = _cache_chunks(documents, work, vocab_size, special_ids, chunk_tokens, bars, source)
       block = merge_block or max(1 << 16, chunk_tokens // max(1, len(chunks)))
-      counter = _PassCounter(work, chunks, vocab_size, min_count, block, bar)
+      counter = _PassCounter(work, chunks, vocab_size, min_count, block, bars)
       tops = []  # per pass: (keys, counts) of its top `size` survivors
       for n in range(2, max_n + 1):
         survivors, survivor_counts = counter.run_pass(n, last=(n == max_n))
@@ -94,9 +82,10 @@ def count_fgrams(documents: Iterable[np.ndarray], *, vocab_size: int, special_id
         tops.append((np.asarray(survivors[top]), np.asarray(survivor_counts[top])))
         if len(survivors) == 0:
           break  # apriori: no longer n-gram can reach c_min either
-      ranked = _rank(tops, counter.survivor_keys, vocab_size, size, tokens_counted)
-      ranked.num_chunks = len(chunks)
-      return ranked
+      flat, offsets, counts = _rank(tops, counter.survivor_keys, vocab_size, size)
+    meta = counted_meta(max_n=max_n, size=size, min_count=min_count, vocab_size=vocab_size,
+                        tokens_counted=tokens_counted, num_fgrams=len(counts))
+    return FgramVocab(flat, offsets, counts, meta)
   finally:
     shutil.rmtree(work, ignore_errors=True)
 
@@ -110,14 +99,14 @@ class _Chunk:
   num_tokens: int
 
 
-def _cache_chunks(documents, work, vocab_size, special_ids, chunk_tokens, bar, source):
+def _cache_chunks(documents, work, vocab_size, special_ids, chunk_tokens, bars: Bars, source):
   """Reads the documents once into chunk files; returns (chunks, tokens read)."""
   specials = np.asarray(sorted(set(int(s) for s in special_ids)), dtype=np.int64)
   chunks: list[_Chunk] = []
   pending: list[np.ndarray] = []
   pending_len = 0
   tokens_counted = 0
-  task = bar.add_task("read documents", total=None)
+  task = bars.task("read documents")
 
   def flush():
     nonlocal pending, pending_len
@@ -147,18 +136,18 @@ def _cache_chunks(documents, work, vocab_size, special_ids, chunk_tokens, bar, s
     pending_len += len(piece)
     if pending_len >= chunk_tokens:
       flush()
-    bar.advance(task, len(doc))
+    task.advance(len(doc))
   flush()
-  bar.update(task, total=tokens_counted, completed=tokens_counted)
+  task.finish()
   return chunks, tokens_counted
 
 
 class _PassCounter:
   """Runs pass n over all chunks and keeps every pass's survivor keys (memory-mapped)."""
 
-  def __init__(self, work, chunks, vocab_size, min_count, merge_block, bar):
+  def __init__(self, work, chunks, vocab_size, min_count, merge_block, bars: Bars):
     self.work, self.chunks, self.vocab_size = work, chunks, vocab_size
-    self.min_count, self.merge_block, self.bar = min_count, merge_block, bar
+    self.min_count, self.merge_block, self.bars = min_count, merge_block, bars
     self.survivor_keys: dict[int, np.ndarray] = {}  # n -> sorted uint64 keys of surviving n-grams
 
   def run_pass(self, n: int, last: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +155,7 @@ class _PassCounter:
     prefix_ids = self.vocab_size if n == 2 else len(self.survivor_keys[n - 1])
     assert prefix_ids * self.vocab_size < 2**64, "n-gram keys would overflow uint64"
     key_bits = (prefix_ids * self.vocab_size).bit_length()
-    task = self.bar.add_task(f"pass n={n}", total=sum(c.num_tokens for c in self.chunks))
+    task = self.bars.task(f"pass n={n}", total=sum(c.num_tokens for c in self.chunks))
     runs = []
     for chunk in self.chunks:
       tokens = np.load(chunk.tokens_path)
@@ -184,7 +173,7 @@ class _PassCounter:
       np.save(chunk.run_keys_path + f".{n}.npy", run_keys)
       np.save(chunk.run_counts_path + f".{n}.npy", run_counts)
       runs.append((chunk.run_keys_path + f".{n}.npy", chunk.run_counts_path + f".{n}.npy"))
-      self.bar.advance(task, chunk.num_tokens)
+      task.advance(chunk.num_tokens)
     for chunk in self.chunks:  # the previous pass's runs have been mapped to ids: drop them
       for path in (chunk.run_keys_path + f".{n - 1}.npy", chunk.run_counts_path + f".{n - 1}.npy"):
         if os.path.exists(path):
@@ -312,8 +301,9 @@ def _top_by_count(counts: np.ndarray, size: int) -> np.ndarray:
   return np.sort(np.concatenate([above, ties]))
 
 
-def _rank(tops, survivor_keys, vocab_size, size, tokens_counted) -> RankedFgrams:
-  """Global ranking of the per-pass top candidates: (count desc, n asc, tokens asc), first `size`."""
+def _rank(tops, survivor_keys, vocab_size, size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Global ranking of the per-pass top candidates: (count desc, n asc, tokens asc), first `size`.
+  Returns (flat int32, offsets int64 [S+1], counts int64 [S]) in rank order."""
   lengths = np.concatenate([np.full(len(k), n, np.int64) for n, (k, _) in enumerate(tops, start=2)])
   keys = np.concatenate([k for k, _ in tops]).astype(np.uint64)
   counts = np.concatenate([c for _, c in tops]).astype(np.int64)
@@ -325,7 +315,7 @@ def _rank(tops, survivor_keys, vocab_size, size, tokens_counted) -> RankedFgrams
   for n in np.unique(lengths):
     rows = np.flatnonzero(lengths == n)
     flat[offsets[rows][:, None] + np.arange(n)] = decode_keys(keys[rows], int(n), survivor_keys, vocab_size)
-  return RankedFgrams(flat, offsets, counts, tokens_counted)
+  return flat, offsets, counts
 
 
 def decode_keys(keys: np.ndarray, n: int, survivor_keys: dict[int, np.ndarray], vocab_size: int) -> np.ndarray:
@@ -340,25 +330,3 @@ def decode_keys(keys: np.ndarray, n: int, survivor_keys: dict[int, np.ndarray], 
   tokens[:, 0] = current
   return tokens
 
-
-class _NoProgress:
-  def add_task(self, *a, **k):
-    return 0
-
-  def advance(self, *a, **k):
-    pass
-
-  def update(self, *a, **k):
-    pass
-
-
-@contextlib.contextmanager
-def _progress_bar(enabled: bool):
-  if not enabled:
-    yield _NoProgress()
-    return
-  from rich.console import Console
-  from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-  with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=Console(stderr=True)) as bar:
-    yield bar

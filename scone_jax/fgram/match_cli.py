@@ -13,11 +13,13 @@ import sys
 from typing import Iterator
 
 import numpy as np
+import sentencepiece as spm
 
 from scone_jax.data import shards
 from scone_jax.errors import UserError
 from scone_jax.fgram import vocab as vocab_lib
 from scone_jax.fgram.matcher import ExactMatcher
+from scone_jax.progress import progress_bar
 
 BATCH_TOKENS = 1 << 20  # documents are matched together, up to this many tokens per call
 
@@ -85,9 +87,8 @@ class _Pieces:
     path = os.path.join(data_dir, "vocab.model")
     if os.path.isfile(path):
       try:
-        import sentencepiece as spm
         self._sp = spm.SentencePieceProcessor(model_file=path)
-      except (ImportError, OSError, RuntimeError):
+      except (OSError, RuntimeError):
         self._sp = None
 
   @property
@@ -131,18 +132,16 @@ def run(args: argparse.Namespace) -> int:
       yield doc
 
   pieces = _Pieces(args.data) if args.format == "text" else None
-  from rich.progress import Progress
   out = sys.stdout
   try:
-    with Progress(transient=True, disable=not (args.progress or sys.stderr.isatty())) as progress:
-      task = progress.add_task("matching", total=total)
+    with progress_bar("matching", total, enabled=args.progress or None, transient=True) as bar:
       for doc, (tokens, fgram_id, match_len) in enumerate(match_documents(matcher, documents())):
         if args.format == "jsonl":
           out.write(json.dumps({"doc": doc, "fgram_id": fgram_id.tolist(), "length": match_len.tolist()},
                                separators=(",", ":")) + "\n")
         else:
           _write_text(out, doc, tokens, fgram_id, match_len, pieces)
-        progress.advance(task)
+        bar.advance()
     out.flush()
   except BrokenPipeError:
     # A reader such as `head` closed the pipe: stop quietly, as command-line tools do.

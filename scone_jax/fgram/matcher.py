@@ -1,4 +1,4 @@
-"""The exact f-gram matcher (METHODS.md 1.2) and the per-batch dedup of matched f-grams.
+"""The exact f-gram matcher (docs/METHODS.md 1.2) and the per-batch dedup of matched f-grams.
 
 For position i the match is the longest x_{j..i}, 2 <= i-j+1 <= K, that is in V_f; never across a
 segment boundary. V_f is closed under suffixes, so a match grows from length 2 upward and stops at

@@ -1,21 +1,23 @@
 """The f-gram vocabulary file: `FG/fgrams.parquet` (rank order) and `FG/meta.json`.
 
 Row r of fgrams.parquet is f-gram id r: columns `tokens` (list<int32>) and `count` (int64),
-ranked by (count desc, n asc, token ids asc) as METHODS.md 1.1 fixes.
+ranked by (count desc, n asc, token ids asc) as docs/METHODS.md 1.1 fixes.
 In memory the f-grams are kept flat: `flat` holds every f-gram's ids back to back and
-`offsets[r]:offsets[r+1]` is f-gram r.
+`offsets[r]:offsets[r+1]` is f-gram r. FgramVocab is also what the counters (count.py,
+beam_count.py) return, its meta holding what a counter knows (count.counted_meta).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from scone_jax.errors import UserError
+from scone_jax.files import atomic_directory
 from scone_jax.integrity import file_sha256 as _sha256
 
 PARQUET = "fgrams.parquet"
@@ -28,7 +30,7 @@ class FgramMeta:
   size: int             # S requested
   min_count: int        # c_min
   tokens_counted: int   # tokens in the counted split
-  data_fingerprint: str  # scone_jax.data.shards.data_fingerprint of DATA
+  data_fingerprint: str  # scone_jax.data.shards.data_fingerprint of DATA ("" from a counter)
   num_fgrams: int       # rows actually written (<= size when few n-grams reach c_min)
   vocab_size: int
   parquet_sha256: str = ""
@@ -73,34 +75,20 @@ class FgramVocab:
     return cls(flat, offsets, np.asarray(counts, dtype=np.int64), meta)
 
 
-
-
 def save(vocab: FgramVocab, out_dir: str) -> None:
-  """Writes FG atomically: into a temporary sibling directory, then renamed into place, so an
-  interrupted write never leaves a directory that looks complete."""
-  import pyarrow as pa
-  import pyarrow.parquet as pq
-  parent = os.path.dirname(os.path.abspath(out_dir))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".fgrams-", dir=parent)
-  try:
+  """Writes FG atomically (scone_jax.files.atomic_directory): an interrupted write never leaves
+  a directory that looks complete."""
+  with atomic_directory(out_dir) as tmp:
     tokens = pa.ListArray.from_arrays(pa.array(vocab.offsets.astype(np.int32)), pa.array(vocab.flat, pa.int32()))
     table = pa.table({"tokens": tokens, "count": pa.array(vocab.counts, pa.int64())})
     pq.write_table(table, os.path.join(tmp, PARQUET))
     meta = dataclasses.replace(vocab.meta, num_fgrams=len(vocab), parquet_sha256=_sha256(os.path.join(tmp, PARQUET)))
     with open(os.path.join(tmp, META), "w") as f:
       json.dump(dataclasses.asdict(meta), f, indent=2, sort_keys=True)
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
 
 
 def load(fg_dir: str, verify: bool = True) -> FgramVocab:
   """Reads FG; refuses a directory whose parquet does not match the hash in its meta.json."""
-  import pyarrow.parquet as pq
   meta_path, pq_path = os.path.join(fg_dir, META), os.path.join(fg_dir, PARQUET)
   for p in (meta_path, pq_path):
     if not os.path.isfile(p):

@@ -101,10 +101,17 @@ class Attention(nnx.Module):
     out = jax.nn.dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xLxS)
     return jnp.einsum("blnh,nhd->bld", out, self.wo[...].astype(self.dtype))
 
-  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL):
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, cache=None, layer=None):
+    """Training (cache None): attention within segments, causal by position. Decoding: the new
+    tokens' keys/values go into `cache` layer `layer` (models/kv_cache.py) and the queries attend
+    over that layer's slots. Returns (output [B, L, D], the cache or None)."""
     q, k, v = self.qkv(x_BxLxD, positions_BxL)
-    mask = attention_mask(segment_ids_BxL, segment_ids_BxL, positions_BxL, positions_BxL)
-    return self.attend(q, k, v, mask)
+    if cache is None:
+      mask = attention_mask(segment_ids_BxL, segment_ids_BxL, positions_BxL, positions_BxL)
+      return self.attend(q, k, v, mask), None
+    cache = cache.write(layer, k, v, positions_BxL)
+    keys, values = cache.layer(layer)
+    return self.attend(q, keys, values, cache.mask(positions_BxL)), cache
 
 
 class MLP(nnx.Module):
@@ -145,10 +152,12 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(d, cfg.norm_eps, rngs, stack=stack, stack_axis=names.layers)
     self.mlp = MLP(cfg, rngs, up_proj=up_proj, **kw)
 
-  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, up_fn=None):
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, up_fn=None, cache=None, layer=None):
     """up_fn: normed input [B, L, D] -> the MLP's up-projection [B, L, F], for blocks built with
-    up_proj=False (STEM); None = the block's own W_up."""
-    x = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), positions_BxL, segment_ids_BxL)
+    up_proj=False (STEM); None = the block's own W_up. cache/layer: decoding (Attention).
+    Returns (output [B, L, D], the cache or None)."""
+    attn, cache = self.attn(self.attn_norm(x_BxLxD), positions_BxL, segment_ids_BxL, cache, layer)
+    x = x_BxLxD + attn
     h = self.mlp_norm(x)
     x = x + self.mlp(h, None if up_fn is None else up_fn(h))
-    return constrain(x, ("batch", "length", "act_embed"))
+    return constrain(x, ("batch", "length", "act_embed")), cache

@@ -1,10 +1,16 @@
 """The main language model: input embedding -> scanned decoder blocks -> norm -> logits.
 
-The input embedding is where the methods differ. The baseline uses T[x]; an embedding variant
-(SCONE, hashed n-grams) is a module with `__call__(model, batch) -> embeddings [B, L, D]` set as
-`model.input_embedding`, and STEM swaps the FFN up-projection of chosen layers.
+One block stack serves every use: training (`cache=None`), the f-gram model A_f (its own axes
+and width), STEM (the FFN up-projection of chosen layers comes from a token-indexed table) and
+KV-cache decoding (serve/decode.py passes a models.kv_cache.KVCache through the same loop).
+
+Where the methods differ (scone_jax/methods/): the input embedding — a module with
+`__call__(model, batch) -> [B, L, D]` set as `model.input_embedding` (SCONE, hashed n-grams) —
+and the FFN up-projection — an `ffn_up` module of the stack with `up_fn(layer, batch)` (STEM).
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,51 +26,71 @@ REMAT = {
     "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
+# rngs -> a module with `up_fn(layer, batch) -> (h [B, L, D] -> [B, L, F])`: the up-projection of
+# every layer of a stack whose blocks have no W_up (STEM, methods/stem.py).
+FfnUpFactory = Callable[[nnx.Rngs], nnx.Module]
+
 
 class BlockStack(nnx.Module):
-  """num_layers blocks; with scan_layers their parameters are stacked and run by jax.lax.scan."""
+  """num_layers blocks; with scan_layers their parameters are stacked and run by jax.lax.scan.
+
+  ffn_up: None (each block has its own W_up) or a factory of the module that gives every layer's
+  up-projection (its parameters are created after the blocks'; it lives at `<stack>/ffn_up`)."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, num_layers: int, names: AxisNames = MAIN_AXES,
-               d_model: int | None = None):
+               d_model: int | None = None, ffn_up: FfnUpFactory | None = None):
     self.scan = cfg.scan_layers
     self.remat_policy = cfg.remat_policy
+    self.num_layers = num_layers
+    kw = dict(names=names, d_model=d_model, up_proj=ffn_up is None)
     if self.scan:
-      self.blocks = Block(cfg, rngs, names=names, stack=num_layers, d_model=d_model)
+      self.blocks = Block(cfg, rngs, stack=num_layers, **kw)
     else:
-      self.blocks = nnx.List([Block(cfg, rngs, names=names, d_model=d_model) for _ in range(num_layers)])
+      self.blocks = nnx.List([Block(cfg, rngs, **kw) for _ in range(num_layers)])
+    self.ffn_up = nnx.data(None if ffn_up is None else ffn_up(rngs))
 
-  def _wrap(self, fn):
-    if self.remat_policy == "none":
+  def _wrap(self, fn, cache):
+    if self.remat_policy == "none" or cache is not None:   # decoding never differentiates
       return fn
     return jax.checkpoint(fn, policy=REMAT[self.remat_policy], prevent_cse=not self.scan)
 
-  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, batch=None):
-    """batch: the model's input batch, for stacks whose layers read per-token inputs (STEM's
-    scone_jax.models.stem.StemBlockStack); this plain stack does not use it."""
+  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, batch=None, cache=None):
+    """x [B, L, D] -> (hidden states [B, L, D], the updated cache or None).
+
+    batch: the model's input batch, for layers that read per-token inputs (STEM's tables);
+    cache: None in training; when decoding, a KVCache that every layer reads and writes (its
+    lengths are not advanced here)."""
+
+    def layer_fn(block, x, cache, layer):
+      up_fn = None if self.ffn_up is None else self.ffn_up.up_fn(layer, batch)
+      return block(x, positions_BxL, segment_ids_BxL, up_fn=up_fn, cache=cache, layer=layer)
+
     if not self.scan:
-      for block in self.blocks:
-        x_BxLxD = self._wrap(lambda x, b=block: b(x, positions_BxL, segment_ids_BxL))(x_BxLxD)
-      return x_BxLxD
+      for layer, block in enumerate(self.blocks):
+        step = self._wrap(lambda x, c, b=block, i=layer: layer_fn(b, x, c, i), cache)
+        x_BxLxD, cache = step(x_BxLxD, cache)
+      return x_BxLxD, cache
     graphdef, stacked = nnx.split(self.blocks)
 
-    def body(x, layer_state):
-      return nnx.merge(graphdef, layer_state)(x, positions_BxL, segment_ids_BxL), None
+    def body(carry, xs):
+      layer_state, layer = xs
+      return layer_fn(nnx.merge(graphdef, layer_state), *carry, layer), None
 
-    x_BxLxD, _ = jax.lax.scan(self._wrap(body), x_BxLxD, stacked)
-    return x_BxLxD
+    (x_BxLxD, cache), _ = jax.lax.scan(self._wrap(body, cache), (x_BxLxD, cache),
+                                       (stacked, jnp.arange(self.num_layers)))
+    return x_BxLxD, cache
 
 
 class Transformer(nnx.Module):
   """Llama-style decoder LM. `batch` holds `inputs`, `positions`, `segment_ids` (all [B, L])
-  plus whatever the input embedding variant needs."""
+  plus whatever the method's input embedding or layers need."""
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, decoder: nnx.Module | None = None):
-    """decoder: a replacement for the plain block stack (STEM); None = BlockStack."""
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, ffn_up: FfnUpFactory | None = None):
     self.cfg = cfg
     d, v = cfg.d_model, cfg.vocab_size
     self.token_embed = param(rngs, nnx.initializers.normal(1.0), (v, d), ("vocab", "embed"))
     self.input_embedding = nnx.data(None)
-    self.decoder = decoder if decoder is not None else BlockStack(cfg, rngs, num_layers=cfg.num_layers)
+    self.decoder = BlockStack(cfg, rngs, num_layers=cfg.num_layers, ffn_up=ffn_up)
     self.final_norm = RMSNorm(d, cfg.norm_eps, rngs)
     if not cfg.tie_embeddings:
       self.unembed = param(rngs, nnx.initializers.normal(cfg.init_std), (d, v), ("embed", "vocab"))
@@ -91,8 +117,24 @@ class Transformer(nnx.Module):
       out = jnp.einsum("bld,dv->blv", h, self.unembed[...].astype(dt))
     return constrain(out.astype(jnp.float32), ("batch", "length", "act_vocab"))
 
+  def hidden(self, batch, cache=None):
+    """(final hidden states [B, L, D] before the final norm, the updated cache or None).
+    Decoding passes `cache` and new tokens at `batch["positions"]` (no segment ids needed)."""
+    x = self.embed(batch)
+    return self.decoder(x, batch["positions"], batch.get("segment_ids"), batch, cache)
+
   def __call__(self, batch):
     """Returns float32 logits [B, L, V]."""
-    x = self.embed(batch)
-    h = self.decoder(x, batch["positions"], batch["segment_ids"], batch)
-    return self.logits(h)
+    return self.logits(self.hidden(batch)[0])
+
+
+def build_model(cfg: ModelConfig, seed: int, *, input_embedding: FfnUpFactory | None = None,
+                ffn_up: FfnUpFactory | None = None) -> Transformer:
+  """The main model with a method's pieces (scone_jax/methods/ call this): input_embedding, a
+  factory rngs -> module set as `model.input_embedding` (created after the model's own
+  parameters); ffn_up, see BlockStack. Both None = the baseline."""
+  rngs = nnx.Rngs(params=seed)
+  model = Transformer(cfg, rngs, ffn_up=ffn_up)
+  if input_embedding is not None:
+    model.input_embedding = nnx.data(input_embedding(rngs))
+  return model

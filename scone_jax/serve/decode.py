@@ -1,30 +1,18 @@
 """Decoding with a KV cache: jitted `prefill` and `decode_step`, and the generation loop.
 
-The math is the training model's, module by module: `model.embed(batch)` for the inputs, then per
-layer `attn_norm`, `Attention.qkv`, the cache write, `Attention.attend` over the cached keys,
-`mlp_norm`, `MLP` — iterating the stacked layer parameters with jax.lax.scan (the cache is part of
-the carry, so each layer's slots are updated in place) or the unstacked list. `decode_step` is
-jitted with the cache donated. Sampling runs on the device: a step returns the next tokens [B].
+The math is the training model's: `model.hidden(batch, cache)` runs the model's own embedding and
+block stack (models/transformer.py) with a KV cache (models/kv_cache.py) passed through every
+layer, then `model.logits`. `decode_step` is jitted with the cache donated. Sampling runs on the
+device: a step returns the next tokens [B].
 
-Input features (the hook for embedding variants). The embedding of a new token comes from
-`model.embed(batch)`, the same call training makes, with a batch dict holding `inputs` [B, L]
-(token ids), `positions` [B, L] and whatever the variant needs. Those extras come from a
-*features* object on the host:
-  features.history_len          how many trailing tokens of each row `step` needs (>= 1)
-  features.prompt(inputs_BxL, valid_BxL) -> Pending[dict]   for the right-padded prompts
-  features.step(history_BxH) -> Pending[dict]               for the newest token of each row;
-                                history [B, history_len], newest last, -1 before the document
-A Pending has `.result()` (a tensorstore future, or serve.store.Done). The loop calls `step` as
-soon as a step's tokens reach the host and collects the result only to dispatch the next device
-step; the step's bookkeeping (output lists, stop flags, hooks) runs after that dispatch, while
-the device computes. (The row of a new token cannot be read before the token exists, so the read
-itself sits between two device steps.) Arrays keyed per position are [B, L, ...]; per-batch lists (keys starting `unique_`) have
-a static length. Implementations: lookup.TokenFeatures (baseline: nothing), lookup.StoreFeatures
-(SCONE, rows of the exported table), lookup.FgramModelFeatures (SCONE, A_f on the device),
-serve/table_features.py (LongCat's hash rows from `history`, STEM's token-indexed rows). A
-variant that changes the blocks (STEM: a token-indexed up-projection) gives its decoder stack a
-`layer_up_fn(layer, batch)` (layer: int, or int32 inside the scan) returning that layer's
-up-projection function or None; `forward` hands it to the block's MLP.
+Input features. The embedding of a new token comes from `model.embed(batch)`, the same call
+training makes, with a batch dict holding `inputs` [B, L] (token ids), `positions` [B, L] and
+whatever the method needs. Those extras come from the method's decode features
+(`exp.method.decode_features(store)`, interface in methods/base.py). The loop calls
+`features.step` as soon as a step's tokens reach the host and collects the result only to
+dispatch the next device step; the step's bookkeeping (output lists, stop flags, hooks) runs after
+that dispatch, while the device computes. (The row of a new token cannot be read before the token
+exists, so the read itself sits between two device steps.)
 """
 from __future__ import annotations
 
@@ -33,55 +21,11 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from scone_jax.serve.kv_cache import KVCache
+from scone_jax.models.kv_cache import KVCache
 from scone_jax.serve.sampling import Sampling, sample
 
 PREFILL_STREAM = 2**31 - 1   # the prefill's sampling key: fold_in(seed key, this); step t uses t
-
-
-def _layer(block, x_BxLxD, positions_BxL, mask_Bx1xLxS, k_all, v_all, layer, batch, up_fn=None):
-  """One decoder block (layers.Block) over new tokens, reading and writing cache layer `layer`.
-  up_fn: the FFN up-projection of a block without W_up (STEM, models/stem.py)."""
-  h = block.attn_norm(x_BxLxD)
-  q, k, v = block.attn.qkv(h, positions_BxL)
-  rows = jnp.arange(x_BxLxD.shape[0])[:, None]
-  k_all = k_all.at[layer, rows, positions_BxL].set(k.astype(k_all.dtype), mode="drop")
-  v_all = v_all.at[layer, rows, positions_BxL].set(v.astype(v_all.dtype), mode="drop")
-  x = x_BxLxD + block.attn.attend(q, k_all[layer], v_all[layer], mask_Bx1xLxS)
-  h = block.mlp_norm(x)
-  x = x + block.mlp(h, None if up_fn is None else up_fn(h))
-  return x, k_all, v_all
-
-
-def forward(model, batch: dict, cache: KVCache) -> tuple[jax.Array, KVCache]:
-  """The decoder over new tokens at `batch["positions"]` [B, L], given every earlier token in
-  the cache. Returns (final hidden states [B, L, D] before the final norm, updated cache; its
-  lengths are not advanced)."""
-  x = model.embed(batch)
-  positions = batch["positions"]
-  slots = jnp.arange(cache.max_len)
-  mask = slots[None, None, None, :] <= positions[:, None, :, None]   # [B, 1, L, S]: causal by position
-  blocks = model.decoder.blocks
-  # A stack whose layers take their up-projection from the batch (STEM) says how, per layer.
-  layer_up = getattr(model.decoder, "layer_up_fn", lambda layer, batch: None)
-  if model.decoder.scan:
-    graphdef, stacked = nnx.split(blocks)
-
-    def body(carry, xs):
-      x, k_all, v_all = carry
-      layer_state, layer = xs
-      return _layer(nnx.merge(graphdef, layer_state), x, positions, mask, k_all, v_all, layer, batch,
-                    layer_up(layer, batch)), None
-
-    layers = jnp.arange(cache.k.shape[0])
-    (x, k_all, v_all), _ = jax.lax.scan(body, (x, cache.k, cache.v), (stacked, layers))
-  else:
-    k_all, v_all = cache.k, cache.v
-    for layer, block in enumerate(blocks):
-      x, k_all, v_all = _layer(block, x, positions, mask, k_all, v_all, layer, batch, layer_up(layer, batch))
-  return x, cache.replace(k=k_all, v=v_all)
 
 
 class Decoder:
@@ -103,7 +47,7 @@ class Decoder:
   # -- device side -------------------------------------------------------------------------
   def _prefill_impl(self, params, cache: KVCache, batch: dict, lengths_B, key):
     model = self.model_fn(params)
-    h, cache = forward(model, batch, cache)
+    h, cache = model.hidden(batch, cache)
     last = jnp.take_along_axis(h, (lengths_B - 1)[:, None, None], axis=1)   # [B, 1, D]
     logits = model.logits(last)[:, 0]
     key = jax.random.fold_in(key, PREFILL_STREAM)
@@ -112,7 +56,7 @@ class Decoder:
   def _decode_impl(self, params, cache: KVCache, batch: dict, key, step):
     model = self.model_fn(params)
     batch = {**batch, "positions": cache.lengths[:, None]}
-    h, cache = forward(model, batch, cache)
+    h, cache = model.hidden(batch, cache)
     logits = model.logits(h)[:, 0]
     key = jax.random.fold_in(key, step)
     return sample(logits, key, self.sampling), logits, cache.replace(lengths=cache.lengths + 1)

@@ -3,8 +3,8 @@
   --store STORE   SCONE: rows of the exported table (scone-jax export), read from the --tier
                   ram (whole table in host memory), disk (tensorstore reads, bounded cache) or
                   remote (the same reader, any kvstore URL)
-  --store none    SCONE: f-gram embeddings computed with A_f from the checkpoint (the default);
-                  the only choice for a baseline run
+  --store none    f-gram embeddings computed with A_f from the checkpoint (the default); the
+                  only choice for a run of another method (the method gives its decode features)
 Prompts are tokenized with the run's DATA/vocab.model; each is decoded after a BOS, several at
 once as one batch, until EOS or --max_new_tokens. Output: the completion text, or with --format
 json {"tokens": [completion ids], "text": completion} (a list of those for several prompts).
@@ -15,8 +15,16 @@ import argparse
 import json
 import os
 
+import jax
+
+from scone_jax.config import MeshConfig
+from scone_jax.data.tokenizer import Tokenizer
 from scone_jax.errors import UserError
+from scone_jax.export.manifest import identity_of
+from scone_jax.serve.decode import Decoder
 from scone_jax.serve.sampling import Sampling
+from scone_jax.serve.store import open_store
+from scone_jax.train.restore import load_run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,34 +47,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def load_decoder(workdir: str, *, store: str | None = "none", tier: str = "ram", sampling: Sampling = Sampling(),
                  seed: int = 0, step: int | None = None, data_dir: str | None = None,
                  cache_bytes: int = 64 << 20):
-  """(Decoder, LoadedRun): the run's checkpoint on one device, with the features its embedding
-  needs (baseline: tokens; SCONE: rows from `store`, or A_f when store is none)."""
-  import jax
-  from scone_jax.config import MeshConfig
-  from scone_jax.export.run import load_run
-  from scone_jax.serve import lookup
-  from scone_jax.serve.decode import Decoder
-  from scone_jax.serve.store import open_store
+  """(Decoder, LoadedRun): the run's checkpoint on one device, with its method's decode features
+  (SCONE: rows from `store`, or A_f when store is none)."""
   run = load_run(workdir, step=step, devices=jax.devices()[:1], data_dir=data_dir,
                  mesh_config=MeshConfig(data=1, fsdp=1, tensor=1))
-  use_store = store not in (None, "", "none")
-  if not run.is_scone:
-    if use_store:
-      raise UserError(f"run {workdir!r} is a baseline run (no f-grams): drop --store or pass --store none")
-    features = lookup.TokenFeatures()   # also STEM with its tables on the device: layers index them by token
-    if run.exp.ngram_layout is not None:   # LongCat: the hashed table rows of every new token
-      from scone_jax.serve.table_features import NgramFeatures
-      features = NgramFeatures(run.exp.ngram_layout)
-  elif use_store:
-    features = lookup.StoreFeatures(open_store(store, tier, expected=run.identity(), cache_bytes=cache_bytes))
-  else:
-    features = lookup.FgramModelFeatures(run.exp.fgram_vocab)
+  opened = None
+  if store not in (None, "", "none"):
+    if run.exp.method.fgram_vocab is None:
+      raise run.exp.method.no_store_error(f"run {workdir!r}")
+    opened = open_store(store, tier, expected=identity_of(run), cache_bytes=cache_bytes)
+  features = run.exp.method.decode_features(opened)
   decoder = Decoder(run.trainer.model, run.params, run.exp.model, features, sampling, seed=seed)
   return decoder, run
 
 
 def run(args) -> int:
-  from scone_jax.data.tokenizer import Tokenizer
   if args.max_new_tokens < 1:
     raise UserError(f"--max_new_tokens {args.max_new_tokens} must be at least 1")
   sampling = Sampling(args.temperature, args.top_k, args.top_p).validate()

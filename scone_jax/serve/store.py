@@ -1,4 +1,4 @@
-"""Reading an exported f-gram table: the RAM, disk and remote tiers (METHODS.md 1.5).
+"""Reading an exported f-gram table: the RAM, disk and remote tiers (docs/METHODS.md 1.5).
 
   ram     the whole table in host memory (numpy); a fetch is one gather
   disk    rows read through tensorstore from a local store, with a bounded cache (cache_bytes)
@@ -18,31 +18,11 @@ from __future__ import annotations
 import numpy as np
 
 from scone_jax.errors import UserError
-from scone_jax.export import layout as L
-from scone_jax.export import manifest as M
+from scone_jax.export import layout as L, manifest as M
+from scone_jax.pending import Done, Mapped
 
 TIERS = ("ram", "disk", "remote")
 DEFAULT_CACHE_BYTES = 64 << 20
-
-
-class Done:
-  """A Pending whose value is already there."""
-
-  def __init__(self, value):
-    self._value = value
-
-  def result(self):
-    return self._value
-
-
-class Mapped:
-  """A Pending that applies `fn` to another Pending's value."""
-
-  def __init__(self, pending, fn):
-    self._pending, self._fn = pending, fn
-
-  def result(self):
-    return self._fn(self._pending.result())
 
 
 class FgramStore:

@@ -25,7 +25,15 @@ import re
 import tempfile
 import time
 
+import jax
+import numpy as np
+from jax.experimental import topologies
+
+from scone_jax import config as C, experiment, parallel
+from scone_jax.config import bindings_from_flags
+from scone_jax.data import shards
 from scone_jax.errors import UserError
+from scone_jax.train.state import make_trainer
 
 ACCEPTS_EXTRA = True  # --gin.NAME=VALUE overrides
 
@@ -136,8 +144,6 @@ def _no_tpu_metadata(topo: Topology):
 
 def topology_devices(topo: Topology) -> list:
   """Compile-only JAX devices of the slice (one per chip on every generation we support)."""
-  import jax
-  from jax.experimental import topologies
   with _no_tpu_metadata(topo):
     try:
       desc = topologies.get_topology_desc(topo.libtpu_name, "tpu", chip_config_name=topo.generation.chip_config,
@@ -171,7 +177,6 @@ class MemoryUse:
 
 def bytes_per_chip(tree) -> int:
   """Bytes one device holds of a pytree of sharded ShapeDtypeStructs (shards are even)."""
-  import jax
   return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
@@ -182,17 +187,13 @@ def _size(n: float) -> str:
 def load_experiment(gin_files: list[str], bindings: list[str]):
   """experiment.load without the data: DATA_DIR may be unset or not on this host. Then a stand-in
   meta.json (in a temporary directory) carries only ModelConfig.vocab_size."""
-  from scone_jax import config as C, experiment
-  from scone_jax.data import shards
   # The run files' %DATA_DIR and SCONE's %FGRAM_DIR are gin.REQUIRED; no data is needed here.
   bindings = ["DATA_DIR = ''", "FGRAM_DIR = ''"] + list(bindings)
-  C.parse_gin(gin_files, bindings)
+  experiment.parse(gin_files, bindings)
   data_dir = C.build(C.DataConfig).data_dir
   if data_dir and os.path.isfile(os.path.join(data_dir, shards.META)):
     return experiment.load(gin_files, bindings)
   model = C.build(C.ModelConfig)
-  # SCONE without data: a stand-in vocabulary carries the planned K (FgramConfig.max_n, .size).
-  planned = getattr(model, "embedding", "token") == "scone"
   vocab = model.vocab_size
   if vocab <= 0:
     raise UserError("ModelConfig.vocab_size is unset and there is no DATA_DIR meta.json on this host: "
@@ -201,22 +202,21 @@ def load_experiment(gin_files: list[str], bindings: list[str]):
     shards.write_meta(stand_in, shards.DataMeta(
         vocab_size=vocab, pad_id=0, eos_id=1, bos_id=2, unk_id=3, tokenizer_sha256="",
         num_documents={}, num_tokens={}, num_shards={}, source="scone-jax compile: no data"))
-    return experiment.load(gin_files, bindings, data_dir=stand_in, planned_fgrams=planned)
+    # The method sizes itself from its config (SCONE: the planned K and |V_f|, no f-gram file).
+    return experiment.load(gin_files, bindings, data_dir=stand_in, planned=True)
 
 
 def abstract_batch(exp, trainer, num_hosts: int) -> tuple[dict, dict]:
   """(one host's batch, the global batch) as ShapeDtypeStructs. Rows are [seq_len] int32; the
-  experiment's row and batch features run on an empty host batch to give their shapes; per-batch
+  method's row and batch features run on an empty host batch to give their shapes; per-batch
   lists (`unique_*`) are concatenated over hosts, as Trainer.global_batch does."""
-  import jax
-  import numpy as np
   d = exp.data
   host_rows = d.batch_size // num_hosts
   row = {k: np.zeros(d.seq_len, np.int32) for k in ("inputs", "targets", "segment_ids", "positions")}
-  for fn in exp.row_features():
+  for fn in exp.method.row_features():
     row = fn(row)
   local = {k: np.stack([v] * host_rows) for k, v in row.items()}
-  for fn in exp.batch_features(0, trainer.batch_devices, host_rows):
+  for fn in exp.method.batch_features(0, trainer.batch_devices, host_rows):
     local = fn(local)
   host = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in local.items()}
   glob = {k: jax.ShapeDtypeStruct(((v.shape[0] * num_hosts) if k.startswith("unique_") else d.batch_size,)
@@ -226,7 +226,6 @@ def abstract_batch(exp, trainer, num_hosts: int) -> tuple[dict, dict]:
 
 def lower_train_step(exp, trainer, num_hosts: int):
   """`scone-jax train`'s jitted step lowered on abstract (state, batch): (lowered, the arguments)."""
-  import jax
   host_batch, global_batch = abstract_batch(exp, trainer, num_hosts)
   shardings = trainer.batch_shardings(host_batch)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k]) for k, v in global_batch.items()}
@@ -254,15 +253,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-  from scone_jax.config import bindings_from_flags
   topo = parse_topology(args.topology)
   exp = load_experiment(args.gin_file, bindings_from_flags(args.extra))
-
-  import jax
-  from scone_jax import parallel
-  from scone_jax.models import accounting
-  from scone_jax.train.state import Trainer
-
   devices = topology_devices(topo)
   hosts = len({d.process_index for d in devices})
   gen = topo.generation
@@ -270,11 +262,8 @@ def run(args) -> int:
         f"{hosts} hosts; {gen.name} slice names count {gen.names_count}", flush=True)
   mesh = parallel.make_mesh(exp.mesh, devices)
   print(f"mesh: {dict(mesh.shape)}", flush=True)
-  trainer = Trainer(exp.model, exp.train, mesh, exp.build_model)
-  if exp.data.batch_size % trainer.batch_devices or exp.data.batch_size % hosts:
-    raise UserError(f"DataConfig.batch_size={exp.data.batch_size} is not divisible by the {trainer.batch_devices} "
-                    f"data-parallel devices and {hosts} hosts of the mesh")
-  for line in accounting.for_experiment(exp, trainer.abstract_params, hosts, trainer.batch_devices).lines():
+  trainer = make_trainer(exp, mesh, num_hosts=hosts)
+  for line in exp.accounting(trainer.abstract_params, hosts, trainer.batch_devices).lines():
     print(line)
   print(f"batch: {exp.data.batch_size} x {exp.data.seq_len} tokens, dtype {exp.model.dtype}, "
         f"remat {exp.model.remat_policy}, scan_layers {exp.model.scan_layers}", flush=True)

@@ -14,10 +14,12 @@ import json
 import os
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 from scone_jax.config import TrainConfig
 from scone_jax.errors import UserError
+from scone_jax.files import atomic_write_json
 from scone_jax.integrity import file_sha256
 
 
@@ -49,7 +51,6 @@ class Checkpoints:
 
   def seal(self) -> None:
     """Records the hashes of finished, not yet sealed steps (process 0); forgets deleted ones."""
-    import jax
     if not self.hashes or self.read_only or jax.process_index() != 0:
       return
     os.makedirs(self._hash_dir(), exist_ok=True)
@@ -60,10 +61,7 @@ class Checkpoints:
     for step in steps:
       path = os.path.join(self._hash_dir(), f"{step}.json")
       if not os.path.exists(path):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-          json.dump(self._file_hashes(step), f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write_json(path, self._file_hashes(step), indent=1, sort_keys=True)
 
   def verify(self, step: int) -> None:
     path = os.path.join(self._hash_dir(), f"{step}.json")

@@ -10,8 +10,20 @@ import argparse
 import math
 import os
 import signal
-import sys
+import threading
 import time
+
+import jax
+
+from scone_jax import experiment, parallel
+from scone_jax.config import bindings_from_flags
+from scone_jax.data import pipeline
+from scone_jax.errors import UserError
+from scone_jax.files import atomic_write_json
+from scone_jax.train import evaluate, metrics as M
+from scone_jax.train.checkpoint import Checkpoints
+from scone_jax.train.optimizer import schedule
+from scone_jax.train.state import make_trainer
 
 ACCEPTS_EXTRA = True  # --gin.NAME=VALUE overrides
 
@@ -30,17 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _log(msg: str, quiet: bool = False) -> None:
-  import jax
   if jax.process_index() == 0 and not quiet:
     print(msg, flush=True)
 
 
 def run(args) -> int:
-  from scone_jax import parallel
-  from scone_jax.config import bindings_from_flags
   parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                   heartbeat_timeout_seconds=args.heartbeat_timeout_seconds)
-  from scone_jax import experiment
   exp = experiment.load(args.gin_file, bindings_from_flags(args.extra))
   summary = train(exp, args.workdir, quiet=args.quiet, stop_after=args.stop_after_steps)
   _log(f"done: step {summary['step']}, validation loss {summary.get('eval_loss', float('nan')):.4f}, "
@@ -69,41 +77,20 @@ class _Preemption:
 
 
 def threading_is_main() -> bool:
-  import threading
   return threading.current_thread() is threading.main_thread()
 
 
 def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = None) -> dict:
   """Runs (or resumes) training to exp.train.steps; returns the final metrics."""
-  import jax
-  import numpy as np
-
-  from scone_jax import experiment, parallel
-  from scone_jax.data import pipeline
-  from scone_jax.errors import UserError
-  from scone_jax.models import accounting
-  from scone_jax.train import evaluate, metrics as M
-  from scone_jax.train.checkpoint import Checkpoints
-  from scone_jax.train.state import Trainer
-
   cfg, dcfg = exp.train, exp.data
   mesh = parallel.make_mesh(exp.mesh)
-  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-  if dcfg.batch_size % batch_devices or dcfg.batch_size % jax.process_count():
-    raise UserError(f"DataConfig.batch_size={dcfg.batch_size} is not divisible by the {batch_devices} "
-                    f"data-parallel devices and {jax.process_count()} processes of the mesh")
-  trainer = Trainer(exp.model, cfg, mesh, exp.build_model)
-  acct = accounting.for_experiment(exp, trainer.abstract_params, jax.process_count(), trainer.batch_devices)
+  trainer = make_trainer(exp, mesh)
+  acct = exp.accounting(trainer.abstract_params, jax.process_count(), trainer.batch_devices)
   for line in acct.lines():
     _log(line, quiet)
   _log(f"mesh: {dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)", quiet)
 
-  spec = pipeline.PipelineSpec(
-      dcfg.data_dir, "train", dcfg.seq_len, dcfg.batch_size, seed=dcfg.shuffle_seed,
-      process_index=jax.process_index(), process_count=jax.process_count(), prefetch=dcfg.prefetch,
-      row_features=exp.row_features(), batch_features=exp.batch_features(
-          jax.process_index(), trainer.batch_devices, dcfg.batch_size // jax.process_count()))
-  data_iter = iter(pipeline.make_dataset(spec))
+  data_iter = iter(pipeline.make_dataset(exp.pipeline_spec("train", batch_devices=trainer.batch_devices)))
   ckpt = Checkpoints(workdir, cfg)
   experiment.save_operative_config(workdir)
   start = ckpt.latest_step()
@@ -166,7 +153,7 @@ def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = No
     last["accounting"] = acct.as_dict()
     last["train_tokens_per_s"] = _mean_train_throughput(workdir)
     if jax.process_index() == 0 and step >= cfg.steps:
-      _write_json(os.path.join(workdir, "summary.json"), last)
+      atomic_write_json(os.path.join(workdir, "summary.json"), last, indent=2, sort_keys=True)
     return last
   finally:
     ckpt.close()
@@ -179,7 +166,6 @@ def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = No
 def _check_finite(cfg, m: dict, step: int, ckpt) -> None:
   """Stops before a non-finite state can be logged as progress or checkpointed. With
   TrainConfig.skip_nonfinite_updates the optimizer already skipped such updates."""
-  from scone_jax.errors import UserError
   if cfg.skip_nonfinite_updates or not cfg.stop_on_nonfinite:
     return
   loss, gnorm = float(m["loss"]), float(m["grad_norm"])
@@ -192,27 +178,13 @@ def _check_finite(cfg, m: dict, step: int, ckpt) -> None:
 
 def _mean_train_throughput(workdir: str) -> float:
   """Mean tokens/s over the logged steps of the run, leaving out each invocation's first (compile)."""
-  import json
   values, prev_step = [], None
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      if r["split"] != "train":
-        continue
-      if prev_step is not None and r["step"] > prev_step and "tokens_per_s" in r:
-        values.append(r["tokens_per_s"])
-      prev_step = r["step"]
+  for r in M.read(workdir, "train"):
+    if prev_step is not None and r["step"] > prev_step and "tokens_per_s" in r:
+      values.append(r["tokens_per_s"])
+    prev_step = r["step"]
   return sum(values) / len(values) if values else 0.0
 
 
-def _write_json(path: str, obj) -> None:
-  import json
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def _lr(cfg, step: int) -> float:
-  from scone_jax.train.optimizer import schedule
   return float(schedule(cfg)(step))

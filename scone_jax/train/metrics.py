@@ -1,4 +1,4 @@
-"""Run metrics: metrics.jsonl, TensorBoard events, throughput and MFU.
+"""Run metrics: RUN/metrics.jsonl (written here, read with `read`), TensorBoard events, throughput and MFU.
 
 MFU = achieved model FLOP/s / peak FLOP/s. The peak comes from a table for known accelerators;
 on a CPU (or an unknown device) it is measured: the best FLOP/s of a large float32 matmul on all
@@ -12,6 +12,9 @@ import time
 
 import jax
 import jax.numpy as jnp
+from tensorboardX import SummaryWriter
+
+METRICS_FILE = "metrics.jsonl"
 
 # bf16 dense peak per chip, FLOP/s.
 KNOWN_PEAKS = {
@@ -70,8 +73,7 @@ class MetricsWriter:
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      from tensorboardX import SummaryWriter
+      self._file = open(os.path.join(workdir, METRICS_FILE), "a")
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, values: dict) -> None:
@@ -87,3 +89,20 @@ class MetricsWriter:
     if self.enabled:
       self._file.close()
       self._tb.close()
+
+
+def read(workdir: str, split: str | None = None) -> list[dict]:
+  """The records of RUN/metrics.jsonl in the order written, of one split ("train",
+  "validation") or of all: {"step": int, "split": str, "time": float, <metric>: float, ...}.
+  A resumed run may log steps again (from its checkpoint on): they appear where they were
+  written. A last line without its newline (still being written) is left out, so the file of a
+  running training reads cleanly. Raises FileNotFoundError when the run has logged nothing."""
+  records = []
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    for line in f:
+      if not line.endswith("\n"):
+        break
+      record = json.loads(line)
+      if split is None or record["split"] == split:
+        records.append(record)
+  return records

@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from scone_jax import parallel
 from scone_jax.config import ModelConfig, TrainConfig
+from scone_jax.errors import UserError
 from scone_jax.train.optimizer import make_optimizer
 
 
@@ -91,7 +92,7 @@ class Trainer:
     (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, batch)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": aux["tokens"]}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": aux["tokens"]}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def eval_step(self, params: dict, batch: dict) -> dict:
@@ -129,3 +130,16 @@ class Trainer:
         shape = (global_rows,) + v.shape[1:]
       out[k] = jax.make_array_from_process_local_data(shardings[k], v, shape)
     return out
+
+
+def make_trainer(exp, mesh: Mesh, num_hosts: int | None = None) -> Trainer:
+  """The Trainer of an experiment on a mesh (the one place that builds one), after checking that
+  the global batch splits over the mesh's batch devices and the hosts (default: this job's
+  processes)."""
+  hosts = jax.process_count() if num_hosts is None else num_hosts
+  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  for rows, what in ((exp.data.batch_size, "batch_size"), (exp.data.eval_batch_size, "eval_batch_size")):
+    if rows and (rows % batch_devices or rows % hosts):
+      raise UserError(f"DataConfig.{what}={rows} is not divisible by the {batch_devices} data-parallel devices "
+                      f"and {hosts} {'hosts' if num_hosts is not None else 'processes'} of the mesh")
+  return Trainer(exp.model, exp.train, mesh, exp.build_model)

@@ -1,9 +1,9 @@
-"""A trained run restored for inference (export, eval --store, generate), and its identity.
+"""A trained run restored for inference (export, eval, generate, the tests): one function for all.
 
-`load_run` rebuilds the experiment from RUN/config.gin (as `scone-jax eval` does) and restores
-the newest (or a chosen) checkpoint onto a mesh of the given devices. `params_sha256` is the
-checkpoint identity a store's manifest records: the sha256 over every parameter (sorted by path:
-path, dtype, shape, little-endian bytes). The same function runs at export and at load.
+`load_run` rebuilds the experiment from RUN/config.gin and restores the newest (or a chosen)
+checkpoint onto a mesh of the given devices. `params_sha256` identifies a set of parameters
+(sha256 over every parameter sorted by path: path, dtype, shape, little-endian bytes),
+independently of the mesh they are sharded over; a store's manifest records it at export.
 """
 from __future__ import annotations
 
@@ -11,52 +11,31 @@ import dataclasses
 import hashlib
 import os
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
+from scone_jax import experiment, parallel
+from scone_jax.config import MeshConfig
 from scone_jax.errors import UserError
+from scone_jax.train.checkpoint import Checkpoints
+from scone_jax.train.state import Trainer, make_trainer
 
 
 @dataclasses.dataclass
 class LoadedRun:
   workdir: str
-  exp: object        # scone_jax.experiment.Experiment
-  trainer: object    # scone_jax.train.state.Trainer (its mesh is where params live)
-  params: dict       # pure dict of parameter arrays
+  exp: experiment.Experiment
+  trainer: Trainer    # its mesh is where params live
+  params: dict        # pure dict of parameter arrays
   step: int
-
-  @property
-  def is_scone(self) -> bool:
-    return self.exp.fgram_vocab is not None
-
-  def identity(self):
-    """What a store exported from this run records (export.manifest.Identity)."""
-    from scone_jax.export.manifest import Identity
-    if not self.is_scone:
-      raise UserError(f"run {self.workdir!r} is not a SCONE run (ModelConfig.embedding="
-                      f"{self.exp.model.embedding!r}): it has no f-gram table to export or read")
-    vocab = self.exp.fgram_vocab
-    return Identity(params_sha256(self.params), fgrams_sha256(self.exp), len(vocab),
-                    self.exp.model.d_model, vocab.meta.max_n)
-
-
-def fgrams_sha256(exp) -> str:
-  meta = exp.fgram_vocab.meta
-  if meta.parquet_sha256:
-    return meta.parquet_sha256
-  from scone_jax.fgram.vocab import PARQUET, _sha256
-  return _sha256(os.path.join(exp.fgram.fgram_dir, PARQUET))
 
 
 def load_run(workdir: str, *, step: int | None = None, devices=None, data_dir: str | None = None,
-             mesh_config=None) -> LoadedRun:
+             mesh_config: MeshConfig | None = None) -> LoadedRun:
   """Restores RUN's checkpoint. devices: where the parameters go (default: all); mesh_config:
   the mesh over them (default: the run's own mesh when it fits those devices, else pure data
   parallelism)."""
-  import jax
-  from scone_jax import experiment, parallel
-  from scone_jax.config import MeshConfig
-  from scone_jax.train.checkpoint import Checkpoints
-  from scone_jax.train.state import Trainer
   config_path = os.path.join(workdir, "config.gin")
   if not os.path.isfile(config_path):
     raise UserError(f"{config_path!r} does not exist: --workdir must be a run directory written by `scone-jax train`")
@@ -68,8 +47,7 @@ def load_run(workdir: str, *, step: int | None = None, devices=None, data_dir: s
       parallel.resolve_mesh_shape(mesh_config, len(devices))
     except UserError:
       mesh_config = MeshConfig(data=-1, fsdp=1, tensor=1)
-  mesh = parallel.make_mesh(mesh_config, devices)
-  trainer = Trainer(exp.model, exp.train, mesh, exp.build_model)
+  trainer = make_trainer(exp, parallel.make_mesh(mesh_config, devices))
   ckpt = Checkpoints(workdir, exp.train, read_only=True)
   try:
     step = step if step is not None else ckpt.latest_step()
@@ -85,8 +63,6 @@ def load_run(workdir: str, *, step: int | None = None, devices=None, data_dir: s
 
 def params_sha256(params: dict) -> str:
   """sha256 identifying a set of parameters: independent of the mesh they are sharded over."""
-  import jax
-  from jax.experimental import multihost_utils
   digest = hashlib.sha256()
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):

@@ -1,11 +1,11 @@
-"""STEM (METHODS.md 3): a token-indexed FFN up-projection in a subset of the layers.
+"""STEM (docs/METHODS.md 3): a token-indexed FFN up-projection in a subset of the layers.
 
 In a STEM layer l the SwiGLU's up-projection W_up x becomes a row of a per-layer table:
   y = W_down( SiLU(W_gate x) * U_l[x_i] ),   U_l [|V|, d_ff]
 Gate and down projections stay dense; no router, no auxiliary loss.
 
-Parameters of StemBlockStack (the model's decoder; the same arrays scanned or not):
-  blocks       every layer's norms, attention, W_gate and W_down, stacked [L, ...], no W_up
+Parameters (the same arrays scanned or not): the decoder's blocks hold every layer's norms,
+attention, W_gate and W_down (stacked [L, ...]) and no W_up; its `ffn_up` module (StemUp) holds
   dense_up     W_up of the other layers only, stacked [L - S, d, d_ff]
   stem_tables  U_l of the S STEM layers only, stacked [S, |V|, d_ff]: Xavier-normal, no weight
                decay, rows sharded through the `table_rows` logical axis, offloaded at inference
@@ -26,17 +26,30 @@ position among the U distinct tokens) in place of its tables and the token ids.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scone_jax.config import ModelConfig, StemConfig
+from scone_jax import config as C
+from scone_jax.config import ModelConfig
 from scone_jax.errors import UserError
-from scone_jax.models.layers import Block, param
-from scone_jax.models.transformer import BlockStack
+from scone_jax.methods.base import Method
+from scone_jax.models.layers import param
 from scone_jax.parallel import constrain
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class StemConfig:
+  """STEM (docs/METHODS.md 3): the FFN up-projection of chosen layers becomes a token-indexed table.
+  `layers` (0-based) wins over `fraction`; a fraction picks round(fraction * L) evenly spaced
+  layers (`stem_layers`)."""
+  fraction: float = 1 / 3
+  layers: tuple = ()
 
 
 def stem_layers(cfg: StemConfig, num_layers: int) -> tuple[int, ...]:
@@ -53,19 +66,15 @@ def stem_layers(cfg: StemConfig, num_layers: int) -> tuple[int, ...]:
   return tuple(int((i + 0.5) * num_layers / count) for i in range(count))
 
 
-class StemBlockStack(BlockStack):
-  """The decoder of a STEM model: L blocks whose FFN up-projection is W_up or a table row."""
+class StemUp(nnx.Module):
+  """The FFN up-projection of every layer of a STEM decoder (its BlockStack's `ffn_up`): W_up
+  in the dense layers, a token-indexed table row in the STEM layers."""
 
   def __init__(self, cfg: ModelConfig, layers: tuple[int, ...], rngs: nnx.Rngs):
     num, stem, d, f = cfg.num_layers, len(layers), cfg.d_model, cfg.d_ff
     assert layers and all(0 <= i < num for i in layers), layers
-    self.scan, self.remat_policy = cfg.scan_layers, cfg.remat_policy
     self.num_layers, self.stem_layer_ids = num, tuple(layers)
     self.dtype = jnp.dtype(cfg.dtype)
-    if self.scan:
-      self.blocks = Block(cfg, rngs, stack=num, up_proj=False)
-    else:
-      self.blocks = nnx.List([Block(cfg, rngs, up_proj=False) for _ in range(num)])
     self.dense_up = nnx.data(None)
     if num > stem:
       self.dense_up = param(rngs, nnx.initializers.normal(cfg.init_std), (d, f), ("embed", "mlp"), stack=num - stem)
@@ -110,29 +119,14 @@ class StemBlockStack(BlockStack):
     from_table, from_dense = table_branch(), dense_branch()
     return lambda h: jax.lax.cond(stem_slot >= 0, from_table, from_dense, h)
 
-  def layer_up_fn(self, layer, batch):
-    """Layer `layer`'s up-projection (h -> [B, L, F]) for `batch`; layer is an int or an int32
-    scalar (inside a scan). For code that runs the blocks itself (serve/decode.py)."""
+  def up_fn(self, layer, batch):
+    """Layer `layer`'s up-projection (h -> [B, L, F]) for `batch`; layer is an int (unscanned
+    stack) or an int32 scalar (inside the scan)."""
+    assert batch is not None and "inputs" in batch, "STEM layers index their tables by the token ids"
     stem_slot, dense_slot = self.slots()
     if isinstance(layer, int):
       return self._up_fn(int(stem_slot[layer]), int(dense_slot[layer]), batch)
     return self._up_fn(jnp.asarray(stem_slot)[layer], jnp.asarray(dense_slot)[layer], batch)
-
-  def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, batch=None):
-    assert batch is not None and "inputs" in batch, "a STEM stack indexes its tables by the token ids"
-    if not self.scan:
-      for i, block in enumerate(self.blocks):
-        up_fn = self.layer_up_fn(i, batch)
-        x_BxLxD = self._wrap(lambda x, b=block, u=up_fn: b(x, positions_BxL, segment_ids_BxL, u))(x_BxLxD)
-      return x_BxLxD
-    graphdef, stacked = nnx.split(self.blocks)
-
-    def body(x, layer):
-      layer_state, i = layer
-      return nnx.merge(graphdef, layer_state)(x, positions_BxL, segment_ids_BxL, self.layer_up_fn(i, batch)), None
-
-    x_BxLxD, _ = jax.lax.scan(self._wrap(body), x_BxLxD, (stacked, jnp.arange(self.num_layers)))
-    return x_BxLxD
 
 
 class HostStemRows:
@@ -157,3 +151,45 @@ class HostStemRows:
 
   def close(self) -> None:
     self._pool.shutdown(wait=False)
+
+
+class StemFeatures:
+  """Decode features of STEM with its tables in host memory: `stem_rows` [S, U, F] and
+  `stem_index` [B, L], the rows of the step's distinct tokens, gathered on a thread as soon as
+  the tokens are known. (With the tables on the device no features are needed: the layers index
+  them by the token ids.)"""
+  history_len = 1
+
+  def __init__(self, tables_SxVxF: np.ndarray):
+    self.host = HostStemRows(tables_SxVxF)
+
+  def prompt(self, inputs_BxL: np.ndarray, valid_BxL: np.ndarray):
+    return self.host.prefetch(inputs_BxL)
+
+  def step(self, history_BxH: np.ndarray):
+    return self.host.prefetch(np.asarray(history_BxH, np.int32)[:, -1:])
+
+  def close(self) -> None:
+    self.host.close()
+
+
+@dataclasses.dataclass
+class Stem(Method):
+  stem: StemConfig = None
+  layers: tuple = ()   # the STEM layers, 0-based
+
+  name = "stem"
+  description = "a STEM run"
+  offloaded = ("stem_tables",)
+
+  @classmethod
+  def resolve(cls, model, data, meta, *, planned=False):
+    scfg = C.build(StemConfig)
+    return cls(model, data, scfg, stem_layers(scfg, model.num_layers))
+
+  def ffn_up(self):
+    return lambda rngs: StemUp(self.model, self.layers, rngs)
+
+  def extra_flops(self):
+    """STEM layers drop their up-projection (2 d d_ff per token each): a gather instead."""
+    return -2.0 * len(self.layers) * self.model.d_model * self.model.d_ff

@@ -1,0 +1,75 @@
+"""Atomic writes: a reader sees the old file (or directory) or the new one, never half of one.
+
+A file is written to a temporary sibling (same filesystem), flushed and fsync'd, then renamed
+over its path with os.replace. A directory is written into a temporary sibling directory that
+is renamed into place when the writer finishes, so an interrupted writer (exception, SIGKILL)
+never leaves a directory that looks complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from typing import Iterator
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to `path`, replacing it atomically (permissions as open() would give)."""
+  directory, name = os.path.split(os.path.abspath(path))
+  tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+  try:
+    with open(tmp, "xb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes `text` (UTF-8) to `path`, replacing it atomically."""
+  atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str, obj, **json_kwargs) -> None:
+  """Writes json.dumps(obj, **json_kwargs) to `path`, replacing it atomically."""
+  atomic_write_text(path, json.dumps(obj, **json_kwargs))
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str) -> Iterator[str]:
+  """Yields a new, empty directory beside `path` to write into. When the block ends, that
+  directory becomes `path` (an existing `path` is kept until the new one is in place, then
+  removed); when the block raises, it is removed and `path` is left as it was."""
+  parent, name = os.path.split(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
+  try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
+    yield staging
+    _move_into_place(staging, path)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+
+
+def _move_into_place(staging: str, path: str) -> None:
+  old = None
+  if os.path.isdir(path):
+    if os.listdir(path):
+      parent, name = os.path.split(os.path.abspath(path))
+      old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+      os.replace(path, old)
+    else:
+      os.rmdir(path)
+  os.replace(staging, path)
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)

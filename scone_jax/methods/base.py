@@ -1,0 +1,113 @@
+"""What an embedding method is: the interface every module of scone_jax/methods/ implements.
+
+A method is resolved once per experiment (`Method.resolve`, against the model config and the
+data's meta.json) and then answers every question the rest of the code has about it:
+  build_model(seed)                 the main model with the method's modules attached
+  row_features() / batch_features() host-side features of the grain pipeline (vectorised numpy)
+  decode_features(store)            host-side features of each decode step (serve/decode.py)
+  extra_flops()                     forward FLOPs per token the method adds to the main model
+  training_only / offloaded         parameter groups of the accounting (docs/METHODS.md 4)
+  fgram_vocab                       the f-gram vocabulary of methods with an exportable f-gram
+                                    table (SCONE), else None
+Nothing outside scone_jax/methods/ asks for a method by name.
+
+Decode features (the interface serve/decode.py drives):
+  features.history_len          how many trailing tokens of each row `step` needs (>= 1)
+  features.prompt(inputs_BxL, valid_BxL) -> Pending[dict]   for the right-padded prompts
+  features.step(history_BxH) -> Pending[dict]               for the newest token of each row;
+                                history [B, history_len], newest last, -1 before the document
+Arrays keyed per position are [B, L, ...]; per-batch lists (keys starting `unique_`) have a
+static length.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from scone_jax.config import DataConfig, ModelConfig
+from scone_jax.data.shards import DataMeta
+from scone_jax.errors import UserError
+from scone_jax.models.transformer import Transformer, build_model
+from scone_jax.pending import Done
+
+
+@dataclasses.dataclass
+class Method:
+  """A resolved embedding method. Subclasses add their config and what they resolved."""
+  model: ModelConfig
+  data: DataConfig
+
+  name: ClassVar[str] = ""
+  description: ClassVar[str] = ""        # in messages: "a baseline run", "a STEM run", ...
+  training_only: ClassVar[tuple[str, ...]] = ()   # parameter path components dropped after export
+  offloaded: ClassVar[tuple[str, ...]] = ()       # parameter path components that live off the accelerator
+
+  @classmethod
+  def resolve(cls, model: ModelConfig, data: DataConfig, meta: DataMeta, *, planned: bool = False) -> "Method":
+    """The method of an experiment: its gin config built and checked against the data.
+    planned: no data on this host (ahead-of-time compile); sizes come from the config."""
+    return cls(model, data)
+
+  # -- model ---------------------------------------------------------------------------------
+  def input_embedding(self):
+    """None, or a factory rngs -> module with `__call__(model, batch) -> [B, L, D]`."""
+    return None
+
+  def ffn_up(self):
+    """None, or a factory rngs -> module with `up_fn(layer, batch)` (models/transformer.py)."""
+    return None
+
+  def build_model(self, seed: int) -> Transformer:
+    self.model.validate()
+    return build_model(self.model, seed, input_embedding=self.input_embedding(), ffn_up=self.ffn_up())
+
+  # -- host-side features ----------------------------------------------------------------------
+  def row_features(self) -> tuple:
+    """Callables row dict -> row dict, run on every packed row."""
+    return ()
+
+  def batch_features(self, process_index: int = 0, batch_devices: int = 1, process_rows: int = 0,
+                     store=None) -> tuple:
+    """Callables batch dict -> batch dict, run on every process batch. store: an opened table of
+    precomputed rows (serve/store.py) to use in place of the training-only modules."""
+    if store is not None:
+      raise self.no_store_error()
+    return ()
+
+  def decode_features(self, store=None):
+    """The decode-step features (module docstring); store as for batch_features."""
+    if store is not None:
+      raise self.no_store_error()
+    return TokenFeatures()
+
+  def no_store_error(self, what: str = "this run") -> UserError:
+    return UserError(f"{what} is {self.description} (ModelConfig.embedding={self.name!r}): it has no f-gram "
+                     "store; drop --store or pass --store none")
+
+  # -- accounting ------------------------------------------------------------------------------
+  fgram_vocab = None
+
+  def extra_flops(self) -> float:
+    """Forward FLOPs per token that the method adds to (or, negative, removes from) the main
+    model at inference; training counts 3x."""
+    return 0.0
+
+  def train_only_flops(self, process_count: int, batch_devices: int) -> float:
+    """Training FLOPs per token of training-only modules (A_f), backward included."""
+    return 0.0
+
+  def offloaded_entries(self, counted: int) -> int:
+    """Offloaded table entries; `counted` = the parameters in `offloaded` groups."""
+    return counted
+
+
+class TokenFeatures:
+  """Decode features of a model whose input is T[x] alone: nothing beyond the tokens."""
+  history_len = 1
+
+  def prompt(self, inputs_BxL, valid_BxL):
+    return Done({})
+
+  def step(self, history_BxH):
+    return Done({})
+

@@ -1,0 +1,329 @@
+"""SCONE (docs/METHODS.md 1): f-gram embeddings from an f-gram model A_f, offloaded after training.
+
+Everything the method is, in one place:
+  FgramConfig        its gin config (V_f from an f-gram file, A_f's shape, distinct f-grams/batch)
+  FgramModel         A_f: the f-gram's token embeddings T[x_j..x_i] (right-padded to K) plus a
+                     learned absolute position table, L_f causal decoder blocks of the main
+                     design (at width d_f, with d -> d_f and d_f -> d projections when d_f != d)
+                     and a final norm; the output at the f-gram's last position is its
+                     embedding. Causal attention makes right-padding exact.
+  SconeEmbedding     the model's input embedding: A_f's output where an f-gram matches (it
+                     replaces T[x_i]: no add, no gate), else T[x_i]
+  MatchRow           pipeline row feature: the longest f-gram ending at every position
+                     (exact matcher, never across segments)
+  DistinctFgrams     pipeline batch feature: the batch's distinct f-grams, padded to a static U,
+                     with `fgram_index` [B, L] into them, and their A_f inputs (`unique_tokens`
+                     [U, K], `unique_lengths` [U]) or their rows of an exported table
+                     (`unique_rows` [U, D], `eval --store`)
+  FgramDecodeFeatures the same per decode step: matches of a prompt (`match`) or of each new
+                     token (`match_last`, <= K-1 probes), deduplicated, rows from A_f's inputs or
+                     from a store tier
+  Scone              the resolved method: vocabulary, accounting (A_f training-only; E_f
+                     offloaded: |V_f| x d entries), A_f's training FLOPs
+Per batch, A_f runs once per distinct f-gram, so its cost scales with U, not with B x L.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from scone_jax import config as C
+from scone_jax.config import ModelConfig
+from scone_jax.data import shards
+from scone_jax.errors import UserError
+from scone_jax.fgram import vocab as fgram_vocab
+from scone_jax.fgram.matcher import ExactMatcher, dedup_batch
+from scone_jax.integrity import file_sha256
+from scone_jax.methods.base import Method
+from scone_jax.models.accounting import decoder_forward_flops
+from scone_jax.models.layers import FGRAM_AXES, RMSNorm, param
+from scone_jax.models.transformer import BlockStack
+from scone_jax.parallel import constrain
+from scone_jax.pending import Done, Mapped
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class FgramConfig:
+  """SCONE: the f-gram vocabulary V_f and the f-gram model A_f (docs/METHODS.md 1.3).
+
+  Widths of 0 mean "as the main model". `size` keeps the first `size` f-grams of the file: a
+  prefix of the global ranking is exactly V_f for that S, so one file serves a |V_f| sweep."""
+  fgram_dir: str = ""
+  size: int = 0                 # |V_f| used (0 = every f-gram in the file)
+  num_layers: int = 1           # L_f
+  d_model: int = 0              # d_f
+  num_heads: int = 0
+  num_kv_heads: int = 0
+  d_ff: int = 0
+  max_unique: int = 0           # distinct f-grams per process batch (static); 0 = never-overflowing bound
+  max_n: int = 0                # planned K: lets `compile` size a run with no f-gram file (else the file's K)
+
+  def model_config(self, main: ModelConfig) -> ModelConfig:
+    """A_f's block design: the main model's, at A_f's own width and depth."""
+    d = self.d_model or main.d_model
+    heads = self.num_heads or main.num_heads
+    return dataclasses.replace(
+        main, d_model=d, num_layers=self.num_layers, num_heads=heads,
+        num_kv_heads=self.num_kv_heads or min(main.num_kv_heads, heads),
+        head_dim=0 if self.d_model or self.num_heads else main.head_dim,
+        d_ff=self.d_ff or (main.d_ff * d) // main.d_model)
+
+
+# -- the model ---------------------------------------------------------------------------------
+class FgramModel(nnx.Module):
+  def __init__(self, main: ModelConfig, fcfg: FgramConfig, max_n: int, rngs: nnx.Rngs):
+    cfg = fcfg.model_config(main)
+    self.cfg, self.max_n = cfg, max_n
+    d, df = main.d_model, cfg.d_model
+    self.positions = param(rngs, nnx.initializers.normal(cfg.init_std), (max_n, df), ("fgram_pos", "fgram_embed"))
+    self.in_proj = nnx.data(None)
+    self.out_proj = nnx.data(None)
+    if df != d:
+      # Sharded over `embed` only (fsdp): a second fsdp dimension would be one mesh axis twice.
+      self.in_proj = param(rngs, nnx.initializers.lecun_normal(), (d, df), ("embed", None))
+      self.out_proj = param(rngs, nnx.initializers.lecun_normal(), (df, d), ("fgram_embed", None))
+    self.blocks = BlockStack(cfg, rngs, num_layers=cfg.num_layers, names=FGRAM_AXES, d_model=df)
+    self.final_norm = RMSNorm(df, cfg.norm_eps, rngs, axis="fgram_embed")
+
+  def __call__(self, token_emb_UxKxD, lengths_U):
+    """token_emb [U, K, D] (right-padded), lengths [U] in 2..K -> f-gram embeddings [U, D]."""
+    dt = jnp.dtype(self.cfg.dtype)
+    u, k, _ = token_emb_UxKxD.shape
+    x = token_emb_UxKxD.astype(dt)
+    if self.in_proj is not None:
+      x = jnp.einsum("ukd,de->uke", x, self.in_proj[...].astype(dt))
+    x = x + self.positions[...][:k].astype(dt)[None]
+    x = constrain(x, ("unique_fgrams", None, None))
+    positions = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (u, k))
+    h, _ = self.blocks(x, positions, jnp.ones((u, k), jnp.int32))
+    last = jnp.clip(lengths_U - 1, 0, k - 1)
+    h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+    h_last = self.final_norm(h_last)
+    if self.out_proj is not None:
+      h_last = jnp.einsum("ue,ed->ud", h_last, self.out_proj[...].astype(dt))
+    return h_last
+
+
+class SconeEmbedding(nnx.Module):
+  """The input embedding of a SCONE model: A_f's output where an f-gram matches, else T[x]."""
+
+  def __init__(self, main: ModelConfig, fcfg: FgramConfig, max_n: int, rngs: nnx.Rngs):
+    self.fgram_model = FgramModel(main, fcfg, max_n, rngs)
+
+  def fgram_embeddings(self, model, unique_tokens_UxK, unique_lengths_U):
+    """A_f over a list of f-grams given by their token ids ([U, K], -1 padded): [U, D]."""
+    token_emb = model.embed_tokens(jnp.maximum(unique_tokens_UxK, 0))
+    return self.fgram_model(token_emb, jnp.maximum(unique_lengths_U, 1))
+
+  def __call__(self, model, batch):
+    token_emb = model.embed_tokens(batch["inputs"])
+    if "unique_rows" in batch:   # rows of an exported table E_f (decode, eval --store): A_f is not run
+      fgram_emb_UxD = batch["unique_rows"]
+    else:
+      fgram_emb_UxD = self.fgram_embeddings(model, batch["unique_tokens"], batch["unique_lengths"])
+    index = batch["fgram_index"]
+    gathered = jnp.take(fgram_emb_UxD.astype(token_emb.dtype), jnp.maximum(index, 0), axis=0)
+    out = jnp.where((index >= 0)[..., None], gathered, token_emb)
+    return constrain(out, ("batch", "length", "act_embed"))
+
+
+# -- host-side features ------------------------------------------------------------------------
+class MatchRow:
+  """Row feature: the longest f-gram ending at every position (never across segments)."""
+
+  def __init__(self, matcher: ExactMatcher):
+    self.matcher = matcher
+
+  def __call__(self, row: dict) -> dict:
+    fgram_id, match_len = self.matcher.match(row["inputs"], row["segment_ids"])
+    return {**row, "fgram_id": fgram_id.astype("int32"), "match_len": match_len.astype("int32")}
+
+
+def distinct_fgrams(fgram_id: np.ndarray, max_unique: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+  """The one dedup step: (distinct ids int32 [max_unique], -1 padded; per-position index int32
+  into them plus `offset` (the process's part of the list concatenated over processes), -1 =
+  unmatched; how many are distinct). UserError when more than max_unique are distinct."""
+  try:
+    unique_ids, index, n = dedup_batch(fgram_id, max_unique)
+  except ValueError as e:
+    raise UserError(f"a batch has more distinct f-grams than FgramConfig.max_unique={max_unique}: "
+                    "raise it (0 = a bound that never overflows)") from e
+  if offset:
+    index = np.where(index >= 0, index + offset, -1).astype(np.int32)
+  return unique_ids, index, n
+
+
+class FgramTokens:
+  """Rows source for A_f: the distinct f-grams' tokens [U, K] (-1 padded) and lengths [U]."""
+
+  def __init__(self, vocab: fgram_vocab.FgramVocab):
+    tokens, lengths = vocab.token_matrix()
+    self.tokens = np.concatenate([tokens, np.full((1, tokens.shape[1]), -1, np.int32)])   # last row: padding
+    self.lengths = np.concatenate([lengths, [0]]).astype(np.int32)
+
+  def fetch(self, unique_ids: np.ndarray, n: int):
+    rows = np.where(unique_ids >= 0, unique_ids, len(self.lengths) - 1)
+    return Done({"unique_tokens": self.tokens[rows], "unique_lengths": self.lengths[rows]})
+
+
+class StoreRows:
+  """Rows source from an exported table (serve/store.py: anything with `fetch(ids) -> Pending`
+  of float rows [n, d]): `unique_rows` [U, d], zero rows after the n distinct ones."""
+
+  def __init__(self, store):
+    self.store = store
+
+  def fetch(self, unique_ids: np.ndarray, n: int):
+    size = len(unique_ids)
+
+    def pad(rows):
+      out = np.zeros((size,) + rows.shape[1:], rows.dtype)
+      out[:len(rows)] = rows
+      return {"unique_rows": out}
+
+    return Mapped(self.store.fetch(unique_ids[:n]), pad)
+
+
+class DistinctFgrams:
+  """Batch feature: the batch's distinct f-grams and their rows (FgramTokens or StoreRows)."""
+
+  def __init__(self, source, max_unique: int, offset: int = 0):
+    self.source, self.max_unique, self.offset = source, max_unique, offset
+
+  def __call__(self, batch: dict) -> dict:
+    unique_ids, index, n = distinct_fgrams(batch["fgram_id"], self.max_unique, self.offset)
+    return {**batch, "fgram_index": index, **self.source.fetch(unique_ids, n).result()}
+
+
+class FgramDecodeFeatures:
+  """Decode features (methods/base.py): each new token's match and its row, every distinct
+  f-gram of a step fetched once, by one read that is in flight until the step needs it."""
+
+  def __init__(self, matcher: ExactMatcher, source):
+    self.matcher, self.source = matcher, source
+    self.history_len = matcher.max_n   # a match ends at the newest token and spans <= K tokens
+
+  def _features(self, fgram_id: np.ndarray, max_unique: int):
+    unique_ids, index, n = distinct_fgrams(fgram_id, max_unique)
+    return Mapped(self.source.fetch(unique_ids, n), lambda rows: {"fgram_index": index, **rows})
+
+  def prompt(self, inputs_BxL: np.ndarray, valid_BxL: np.ndarray):
+    """Features of right-padded prompts ([BOS, x_1, ...]; valid marks real positions)."""
+    fgram_id, _ = self.matcher.match(inputs_BxL, valid_BxL.astype(np.int32))
+    return self._features(fgram_id, inputs_BxL.size)
+
+  def step(self, history_BxH: np.ndarray):
+    """Features of each row's newest token; history holds the last tokens, newest last, -1 before
+    the document start."""
+    fgram_id, _ = self.matcher.match_last(history_BxH)
+    return self._features(fgram_id[:, None], len(history_BxH))
+
+
+def matcher_from_tokens(fgram_tokens: np.ndarray) -> ExactMatcher:
+  """The exact matcher over f-grams given as rows of ids right-padded with -1 ([S, K])."""
+  valid = fgram_tokens >= 0
+  offsets = np.zeros(len(fgram_tokens) + 1, np.int64)
+  np.cumsum(valid.sum(axis=1), out=offsets[1:])
+  return ExactMatcher.from_arrays(fgram_tokens[valid], offsets, fgram_tokens.shape[1])
+
+
+# -- the method --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Scone(Method):
+  fgram: FgramConfig = None
+  fgram_vocab: fgram_vocab.FgramVocab = None   # truncated to FgramConfig.size
+
+  name = "scone"
+  description = "a SCONE run"
+  training_only = ("fgram_model",)
+
+  @classmethod
+  def resolve(cls, model, data, meta, *, planned=False):
+    fcfg = C.build(FgramConfig)
+    vocab = _planned_vocab(fcfg, model) if planned else _load_vocab(fcfg, data, meta)
+    return cls(model, data, fcfg, vocab)
+
+  @property
+  def max_n(self) -> int:
+    """K: the longest f-gram."""
+    return self.fgram_vocab.meta.max_n
+
+  @property
+  def num_fgrams(self) -> int:
+    """|V_f| of the run (FgramConfig.size, or every f-gram of the file)."""
+    return self.fgram.size or len(self.fgram_vocab)
+
+  def max_unique(self, process_rows: int, batch_devices: int) -> int:
+    """Static number of distinct f-grams per process batch, a multiple of the batch devices."""
+    bound = self.fgram.max_unique or min(process_rows * self.data.seq_len, self.num_fgrams)
+    return -(-bound // batch_devices) * batch_devices
+
+  def input_embedding(self):
+    return lambda rngs: SconeEmbedding(self.model, self.fgram, self.max_n, rngs)
+
+  def row_features(self):
+    return (MatchRow(ExactMatcher(self.fgram_vocab)),)
+
+  def batch_features(self, process_index=0, batch_devices=1, process_rows=0, store=None):
+    u = self.max_unique(process_rows or self.data.batch_size, batch_devices)
+    source = FgramTokens(self.fgram_vocab) if store is None else StoreRows(store)
+    return (DistinctFgrams(source, u, offset=process_index * u),)
+
+  def decode_features(self, store=None):
+    if store is None:   # A_f on the device, from the distinct f-grams' tokens
+      return FgramDecodeFeatures(ExactMatcher(self.fgram_vocab), FgramTokens(self.fgram_vocab))
+    return FgramDecodeFeatures(matcher_from_tokens(store.fgram_tokens), StoreRows(store))
+
+  def fgrams_sha256(self) -> str:
+    """The identity of the f-gram file (recorded by a store's manifest)."""
+    meta = self.fgram_vocab.meta
+    return meta.parquet_sha256 or file_sha256(f"{self.fgram.fgram_dir}/{fgram_vocab.PARQUET}")
+
+  def offloaded_entries(self, counted):
+    return counted + self.num_fgrams * self.model.d_model
+
+  def train_only_flops(self, process_count, batch_devices):
+    """3x A_f's forward FLOPs on a batch's distinct f-grams, spread over the batch's tokens."""
+    k = self.max_n
+    fcfg = self.fgram.model_config(self.model)
+    d, df = self.model.d_model, fcfg.d_model
+    per_fgram = k * decoder_forward_flops(fcfg, k) + (2 * k * d * df + 2 * df * d if df != d else 0)
+    rows = self.data.batch_size
+    distinct = self.max_unique(rows // process_count, batch_devices) * process_count
+    return 3.0 * per_fgram * distinct / (rows * self.data.seq_len)
+
+
+def _load_vocab(fcfg: FgramConfig, data: C.DataConfig, meta: shards.DataMeta) -> fgram_vocab.FgramVocab:
+  if not fcfg.fgram_dir:
+    raise UserError("a SCONE run needs FGRAM_DIR (e.g. --gin.FGRAM_DIR=\"'/path/to/fgrams'\")")
+  vocab = fgram_vocab.load(fcfg.fgram_dir)
+  if vocab.meta.data_fingerprint != shards.data_fingerprint(data.data_dir):
+    raise UserError(f"f-grams in {fcfg.fgram_dir!r} were built from other data than {data.data_dir!r}: "
+                    "rebuild them with `scone-jax fgrams build`")
+  if vocab.meta.vocab_size != meta.vocab_size:
+    raise UserError(f"f-gram vocabulary size {vocab.meta.vocab_size} != data vocabulary {meta.vocab_size}")
+  if fcfg.max_n and fcfg.max_n != vocab.meta.max_n:
+    raise UserError(f"FgramConfig.max_n={fcfg.max_n} but {fcfg.fgram_dir!r} holds f-grams of up to {vocab.meta.max_n} tokens")
+  if fcfg.size:
+    if fcfg.size > len(vocab):
+      raise UserError(f"FgramConfig.size={fcfg.size} but {fcfg.fgram_dir!r} holds only {len(vocab)} f-grams")
+    vocab = fgram_vocab.FgramVocab(vocab.flat[:vocab.offsets[fcfg.size]], vocab.offsets[:fcfg.size + 1],
+                                   vocab.counts[:fcfg.size], vocab.meta)
+  return vocab
+
+
+def _planned_vocab(fcfg: FgramConfig, model: ModelConfig) -> fgram_vocab.FgramVocab:
+  """For ahead-of-time compilation without an f-gram file: shapes depend only on K and the number
+  of distinct f-grams per batch, so a stand-in vocabulary of K-1 f-grams carries K, and
+  FgramConfig.size the planned |V_f| (accounting, max_unique bound)."""
+  if fcfg.max_n < 2 or fcfg.size < 1:
+    raise UserError("compiling a SCONE run without its f-grams needs FgramConfig.max_n (K >= 2) and "
+                    "FgramConfig.size (|V_f|), or FGRAM_DIR on this host")
+  grams = [(4,) * n for n in range(2, fcfg.max_n + 1)]   # closed under prefixes and suffixes
+  meta = fgram_vocab.FgramMeta(fcfg.max_n, fcfg.size, 1, 0, "", len(grams), model.vocab_size)
+  return fgram_vocab.FgramVocab.from_tuples(grams, [1] * len(grams), meta)
