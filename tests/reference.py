@@ -139,3 +139,130 @@ def stem_reference_logits(model, batch, vocab_size: int, stem_layers: tuple[int,
     gate = jax.nn.silu(jnp.einsum("bld,df->blf", h, blk.mlp.w_gate[...], precision="highest"))
     x = x + jnp.einsum("blf,fd->bld", gate * up, blk.mlp.w_down[...], precision="highest")
   return model.logits(x)
+
+
+# ---- the decoder and SCONE's A_f in plain numpy (docs/METHODS.md notation and 1.3) ---------------------
+# Float64, from a parameter pure dict (`nnx.to_pure_dict`, or LoadedRun.params) read by name only:
+# no scone_jax model code runs. Head counts and widths come from the parameters' shapes; a stack
+# of layers is either stacked (a leading layer axis, scan_layers) or a dict {0: ..., 1: ...}.
+# `cfg` is anything with norm_eps, rope_theta and tie_embeddings (a ModelConfig); A_f shares the
+# main model's eps and theta (METHODS.md 1.3: "blocks of the main model's design").
+
+
+def np_params(params) -> dict:
+  """A parameter tree as nested dicts of float64 numpy arrays (leaves: jax or numpy arrays)."""
+  if isinstance(params, dict) or hasattr(params, "items"):
+    return {k: np_params(v) for k, v in params.items()}
+  return np.asarray(params, np.float64)
+
+
+def np_layers(stack: dict) -> list[dict]:
+  """The per-layer parameter dicts of a block stack (stacked or a dict keyed by layer)."""
+  if all(isinstance(k, int) for k in stack):
+    return [stack[k] for k in sorted(stack)]
+
+  def at(tree, i):
+    return {k: at(v, i) for k, v in tree.items()} if isinstance(tree, dict) else tree[i]
+
+  return [at(stack, i) for i in range(stack["attn_norm"]["scale"].shape[0])]
+
+
+def np_rms_norm(x, scale, eps: float):
+  """x / sqrt(mean(x²) + eps) · scale over the last axis."""
+  return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * scale
+
+
+def np_rope(x_LxNxH, positions_L, theta: float):
+  """Rotate-half RoPE: frequencies θ^(-2i/H), i < H/2; (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+  h = x_LxNxH.shape[-1]
+  freq = theta ** (-2.0 * np.arange(h // 2) / h)
+  angle = np.asarray(positions_L, np.float64)[:, None, None] * freq   # [L, 1, H/2]
+  x1, x2 = x_LxNxH[..., :h // 2], x_LxNxH[..., h // 2:]
+  return np.concatenate([x1 * np.cos(angle) - x2 * np.sin(angle), x2 * np.cos(angle) + x1 * np.sin(angle)], axis=-1)
+
+
+def np_attention(x_LxD, p: dict, positions_L, segment_ids_L, theta: float):
+  """Grouped-query attention, one sequence: query head n reads key/value head n // (N / K); a
+  query sees the keys of its own segment at positions <= its own; softmax(q·k / sqrt(H))."""
+  q = np_rope(np.einsum("ld,dnh->lnh", x_LxD, p["wq"]), positions_L, theta)
+  k = np_rope(np.einsum("ld,dkh->lkh", x_LxD, p["wk"]), positions_L, theta)
+  v = np.einsum("ld,dkh->lkh", x_LxD, p["wv"])
+  n, kv, h = q.shape[1], k.shape[1], q.shape[2]
+  seg, pos = np.asarray(segment_ids_L), np.asarray(positions_L)
+  allowed = (seg[:, None] == seg[None, :]) & (pos[:, None] >= pos[None, :])   # [Lq, Lk]
+  out = np.zeros_like(q)
+  for head in range(n):
+    g = head // (n // kv)
+    scores = np.where(allowed, q[:, head] @ k[:, g].T / math.sqrt(h), -np.inf)
+    w = np.exp(scores - scores.max(axis=1, keepdims=True))
+    out[:, head] = (w / w.sum(axis=1, keepdims=True)) @ v[:, g]
+  return np.einsum("lnh,nhd->ld", out, p["wo"])
+
+
+def np_swiglu(x_LxD, p: dict):
+  """W_down(SiLU(W_gate x) * W_up x)."""
+  gate = x_LxD @ p["w_gate"]
+  return ((gate / (1 + np.exp(-gate))) * (x_LxD @ p["w_up"])) @ p["w_down"]
+
+
+def np_blocks(x_LxD, stack: dict, positions_L, segment_ids_L, cfg):
+  """Pre-norm blocks: x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)), layer by layer."""
+  for p in np_layers(stack):
+    x_LxD = x_LxD + np_attention(np_rms_norm(x_LxD, p["attn_norm"]["scale"], cfg.norm_eps), p["attn"],
+                                 positions_L, segment_ids_L, cfg.rope_theta)
+    x_LxD = x_LxD + np_swiglu(np_rms_norm(x_LxD, p["mlp_norm"]["scale"], cfg.norm_eps), p["mlp"])
+  return x_LxD
+
+
+def np_fgram_embedding(params: dict, cfg, gram) -> np.ndarray:
+  """A_f(T[x_j], ..., T[x_i]) [d] of one f-gram (METHODS.md 1.3): its token rows right-padded to
+  K with T[0], the input projection if any, plus A_f's position table, A_f's causal blocks over
+  positions 0..K-1, the output at the f-gram's last position, the final norm, the output
+  projection if any."""
+  af = params["input_embedding"]["fgram_model"]
+  k = af["positions"].shape[0]
+  ids = list(gram) + [0] * (k - len(gram))
+  x = params["token_embed"][ids]
+  if "in_proj" in af:
+    x = x @ af["in_proj"]
+  x = x + af["positions"]
+  h = np_blocks(x, af["blocks"]["blocks"], np.arange(k), np.ones(k, np.int64), cfg)[len(gram) - 1]
+  h = np_rms_norm(h, af["final_norm"]["scale"], cfg.norm_eps)
+  return h @ af["out_proj"] if "out_proj" in af else h
+
+
+def np_scone_embeddings(params: dict, cfg, fgrams: list[tuple[int, ...]], tokens_L, segment_ids_L=None):
+  """SCONE's input embeddings of one row [L, d] and its brute-force matches [L] (-1 = none):
+  A_f(f-gram) where the longest in-segment window ending at i is an f-gram (it replaces T[x_i]),
+  T[x_i] elsewhere. fgrams: V_f in id order, or None (the baseline: T[x_i] everywhere)."""
+  tokens = np.asarray(tokens_L)
+  out = params["token_embed"][tokens].copy()
+  if fgrams is None:
+    return out, np.full(len(tokens), -1, np.int32)
+  seg = np.ones_like(tokens) if segment_ids_L is None else np.asarray(segment_ids_L)
+  k = params["input_embedding"]["fgram_model"]["positions"].shape[0]
+  ids = brute_force_match(fgrams, k, tokens[None], seg[None])[0][0]
+  for i, r in enumerate(ids):
+    if r >= 0:
+      out[i] = np_fgram_embedding(params, cfg, fgrams[r])
+  return out, ids
+
+
+def np_logits(params: dict, cfg, embeddings_LxD, positions_L=None, segment_ids_L=None) -> np.ndarray:
+  """The main model from its input embeddings: blocks, final RMSNorm, logits [L, V]: tied
+  h·Tᵀ·d^(-1/2), or h·W_unembed."""
+  n = len(embeddings_LxD)
+  positions = np.arange(n) if positions_L is None else np.asarray(positions_L)
+  seg = np.ones(n, np.int64) if segment_ids_L is None else np.asarray(segment_ids_L)
+  h = np_blocks(embeddings_LxD, params["decoder"]["blocks"], positions, seg, cfg)
+  h = np_rms_norm(h, params["final_norm"]["scale"], cfg.norm_eps)
+  if cfg.tie_embeddings:
+    assert "unembed" not in params
+    return h @ params["token_embed"].T * params["token_embed"].shape[1] ** -0.5
+  return h @ params["unembed"]
+
+
+def np_forward(params: dict, cfg, tokens_L, fgrams=None, positions_L=None, segment_ids_L=None):
+  """Logits [L, V] of one row (SCONE when fgrams is V_f, else the baseline) and its matches [L]."""
+  emb, ids = np_scone_embeddings(params, cfg, fgrams, tokens_L, segment_ids_L)
+  return np_logits(params, cfg, emb, positions_L, segment_ids_L), ids

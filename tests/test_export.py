@@ -1,5 +1,5 @@
-"""`scone-jax export`: the store holds A_f of every f-gram (each computed alone as the reference),
-in every dtype; zarr-python reads what tensorstore wrote; an interrupted export is incomplete,
+"""`scone-jax export`: the store holds A_f of every f-gram (each computed alone as the reference,
+and by the plain-numpy A_f of tests/reference.py for several block and batch sizes), in every dtype; zarr-python reads what tensorstore wrote; an interrupted export is incomplete,
 resumes and equals an uninterrupted one; the in-memory kvstore works; 2 processes write the same
 store as 1; stores of another checkpoint or f-gram file, or without a manifest, are refused."""
 from __future__ import annotations
@@ -25,6 +25,7 @@ from scone_jax.export.writer import AfRows, export_table
 from scone_jax.serve.store import open_store
 from scone_jax.train.restore import load_run, params_sha256
 from tests.helpers import TINY_FGRAMS, TINY_ROWS_PER_SHARD, TINY_STEPS, fault_rng, free_port, run_all
+from tests.reference import np_fgram_embedding, np_params
 
 ROWS_PER_SHARD = TINY_ROWS_PER_SHARD   # 150 f-grams: 3 blocks, the last one partial
 
@@ -50,11 +51,21 @@ def _reference_table(loaded) -> np.ndarray:
   return np.stack([np.asarray(fn(np.array([g], np.int32)))[0] for g in loaded.exp.method.fgram_vocab.as_tuples()])
 
 
-def test_export_holds_af_of_every_fgram_and_zarr_reads_it(run):
+@pytest.fixture(scope="module")
+def numpy_table(run) -> np.ndarray:
+  """A_f of each f-gram in float64 numpy from the checkpoint's parameters (tests/reference.py):
+  [S, d], row r = f-gram r."""
+  loaded = run["loaded"]
+  params = np_params(jax.device_get(loaded.params))
+  return np.stack([np_fgram_embedding(params, loaded.exp.model, g) for g in loaded.exp.method.fgram_vocab.as_tuples()])
+
+
+def test_export_holds_af_of_every_fgram_and_zarr_reads_it(run, numpy_table):
   loaded = run["loaded"]
   vocab = loaded.exp.method.fgram_vocab
   table = _read(run["store"], "embeddings")
   np.testing.assert_allclose(table, _reference_table(loaded), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(table, numpy_table, rtol=1e-4, atol=1e-5)
   tokens = _read(run["store"], "fgram_tokens")
   assert [tuple(int(t) for t in row if t >= 0) for row in tokens] == vocab.as_tuples()
   group = zarr.open_group(run["store"], mode="r")
@@ -68,6 +79,20 @@ def test_export_holds_af_of_every_fgram_and_zarr_reads_it(run):
   assert manifest["arrays"]["embeddings"] == L.array_sha256(table, ROWS_PER_SHARD)
   assert sorted(os.listdir(os.path.join(run["store"], "embeddings", "c"))) == ["0", "1", "2"]   # one shard a block
   assert open_store(run["store"], "ram", expected=identity_of(loaded)).layout.num_rows == 150
+
+
+@pytest.mark.parametrize("rows_per_shard, batch_rows", [(64, 16), (64, 32), (32, 32)])
+def test_every_block_and_batch_size_stores_numpy_af_row_by_row(run, numpy_table, rows_per_shard, batch_rows):
+  """`scone-jax export --rows_per_shard R --batch_rows B` (A_f in R/B calls per block, the last
+  block partial): row r of the store is the numpy A_f of f-gram r."""
+  url = str(run["tmp"] / f"store_r{rows_per_shard}_b{batch_rows}")
+  assert main(["export", "--workdir", run["workdir"], "--out", url, "--rows_per_shard", str(rows_per_shard),
+               "--batch_rows", str(batch_rows)]) == 0
+  table = _read(url, "embeddings")
+  assert table.shape == numpy_table.shape == (TINY_FGRAMS, 32)
+  for lo in range(0, TINY_FGRAMS, batch_rows):   # one batch_rows piece at a time: a misplaced piece is named
+    np.testing.assert_allclose(table[lo:lo + batch_rows], numpy_table[lo:lo + batch_rows], rtol=1e-4, atol=1e-5,
+                               err_msg=f"rows {lo}..{lo + batch_rows - 1} (block {lo // rows_per_shard})")
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "int8"])
@@ -91,7 +116,10 @@ def test_every_dtype_is_the_float32_table_converted(run, dtype):
     np.testing.assert_allclose(rows, stored[[0, 7, 149]].astype(np.float32) * scales[[0, 7, 149], None], rtol=1e-6)
   else:
     assert stored.dtype == L.numpy_dtype(dtype)
-    np.testing.assert_allclose(stored.astype(np.float32), full, rtol=2.0 ** -(8 if dtype == "bfloat16" else 11))
+    # Rounding to nearest: half a unit in the last place, relative; float16 values below 2^-14 are
+    # subnormal, where the spacing is a fixed 2^-24 (bfloat16 has float32's exponent range).
+    np.testing.assert_allclose(stored.astype(np.float32), full, rtol=2.0 ** -(8 if dtype == "bfloat16" else 11),
+                               atol=2.0 ** -25 if dtype == "float16" else 0)
     np.testing.assert_array_equal(rows.view(np.uint8), stored[[0, 7, 149]].view(np.uint8))
 
 

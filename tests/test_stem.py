@@ -158,7 +158,10 @@ def test_stem_trains_on_the_8_device_mesh(tmp_path):
   summary = loop.train(exp, str(tmp_path / "run"), quiet=True)
   losses = read_metrics(str(tmp_path / "run"))
   first, last = (np.mean([losses[s]["loss"] for s in steps]) for steps in ((1, 2, 3), (28, 29, 30)))
-  assert last < first - 0.4, (first, last)
+  # A threshold (the model's numerics are checked against the one-hot dense reference above).
+  # Measured drop 0.97 (SEED 0; 0.71, 0.64, 0.68 with SEED 1-3; 0.02 when it does not learn,
+  # learning_rate 1e-9): 0.3 is 2x below the smallest.
+  assert last < first - 0.3, (first, last)
   # methods/stem.gin on the 2-layer tiny model: one STEM layer (layer 1), |V| x d_ff offloaded, and
   # exactly one up-projection fewer resident than the baseline.
   cfg = exp.model

@@ -34,6 +34,9 @@ def test_loss_falls_and_shardings_follow_rules(data_dir, tmp_path):
   losses = read_metrics(str(tmp_path / "run"))
   first = np.mean([losses[s]["loss"] for s in (1, 2, 3)])
   last = np.mean([losses[s]["loss"] for s in (38, 39, 40)])
+  # A threshold (the step's numerics are pinned by tests/test_golden_step.py). Measured drop 1.54
+  # (SEED 0; 1.33, 1.28, 1.24 with SEED 1-3; 0.07 when it does not learn, learning_rate 1e-9):
+  # 0.5 leaves 2.5x below the smallest.
   assert last < first - 0.5, (first, last)
 
   loaded = load_run(str(tmp_path / "run"), mesh_config=MeshConfig(2, 2, 2))
