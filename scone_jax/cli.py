@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 from scone_jax.errors import UserError
@@ -80,8 +82,23 @@ def _selected_module(argv: list[str]) -> str | None:
   return None
 
 
+# Libraries' log lines (orbax's absl warnings about read-only checkpoint managers, jax's platform
+# probing) would surround our one-line errors and our output; SCONE_JAX_VERBOSE=1 shows them.
+TENSORSTORE_STATUSES = ("NOT_FOUND", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "DATA_LOSS", "UNAVAILABLE",
+                        "DEADLINE_EXCEEDED", "FAILED_PRECONDITION", "ALREADY_EXISTS", "UNAUTHENTICATED", "ABORTED")
+QUIET_LOGGERS = ("absl", "jax._src.xla_bridge", "orbax", "tensorstore")
+
+
+def _quiet_libraries() -> None:
+  if os.environ.get("SCONE_JAX_VERBOSE"):
+    return
+  for name in QUIET_LOGGERS:
+    logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  _quiet_libraries()
   parser = build_parser(argv)
   module_name = _selected_module(argv)
   module = None
@@ -107,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     return int(module.run(args) or 0)
   except UserError as e:
     print(f"scone-jax {name}: error: {e}", file=sys.stderr)
+    return 2
+  except ValueError as e:
+    # tensorstore reports a failed I/O as ValueError with an absl status code first ("NOT_FOUND:",
+    # "PERMISSION_DENIED:", ...): a bad path or store, said in one line. Anything else is a bug.
+    status = str(e).split(":", 1)[0]
+    if status not in TENSORSTORE_STATUSES:
+      raise
+    print(f"scone-jax {name}: error: {' '.join(str(e).split())[:300]}: check the path or store URL", file=sys.stderr)
     return 2
   except OSError as e:   # disk full, read-only or unwritable output, vanished files
     where = f" ({e.filename})" if e.filename else ""

@@ -7,8 +7,11 @@ files, T5X style); `%DATA_DIR`, `%FGRAM_DIR`, `%TRAIN_STEPS` and `%SEED` are the
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import os
+from typing import ClassVar
 
 import gin
 
@@ -35,6 +38,11 @@ class ModelConfig:
   remat_policy: str = "nothing_saveable"  # none | nothing_saveable | dots | dots_with_no_batch_dims
   init_std: float = 0.02
   embedding: str = "token"       # a method of scone_jax.methods.REGISTRY: token (baseline) | scone | ngram_hash | stem
+
+  RANGES: ClassVar[dict] = {"vocab_size": (0, None), "d_model": (1, None), "num_layers": (1, None),
+                            "num_heads": (1, None), "num_kv_heads": (1, None), "head_dim": (0, None),
+                            "d_ff": (1, None), "max_seq_len": (2, None), "rope_theta": (0, None, "open"),
+                            "norm_eps": (0, None, "open"), "init_std": (0, None, "open")}
 
   @property
   def resolved_head_dim(self) -> int:
@@ -78,6 +86,9 @@ class DataConfig:
   eval_batch_size: int = 0       # 0 = batch_size
   verify_shards: bool = True     # check shard sha256s against meta.json before training/eval
 
+  RANGES: ClassVar[dict] = {"seq_len": (2, None), "batch_size": (1, None), "prefetch": (0, None),
+                            "eval_batch_size": (0, None)}
+
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +113,14 @@ class TrainConfig:
   stop_on_nonfinite: bool = True
   skip_nonfinite_updates: bool = False  # skip steps whose gradients are not finite (optax.apply_if_finite)
   max_nonfinite_skips: int = 10         # ... but no more than this many in a row
+
+  # keep_checkpoints 0 would delete every checkpoint the run writes; intervals of 0 never fire.
+  RANGES: ClassVar[dict] = {"steps": (1, None), "learning_rate": (0, None, "open"), "warmup_steps": (0, None),
+                            "min_lr_ratio": (0, 1), "weight_decay": (0, None), "b1": (0, 1, "open_high"),
+                            "b2": (0, 1, "open_high"), "eps": (0, None, "open"), "grad_clip": (0, None),
+                            "log_every": (1, None), "eval_every": (0, None), "eval_batches": (0, None),
+                            "checkpoint_every": (1, None), "keep_checkpoints": (1, None),
+                            "max_nonfinite_skips": (1, None)}
 
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
@@ -147,7 +166,8 @@ def bindings_from_flags(extra: list[str]) -> list[str]:
 
 
 def build(cls):
-  """Builds a gin-configured dataclass, turning gin's errors into UserErrors."""
+  """Builds a gin-configured dataclass, turning gin's errors into UserErrors, and checks every
+  field against its type and the class's RANGES (the one validation layer of the configs)."""
   try:
     obj = cls()
   except (ValueError, TypeError, RuntimeError) as e:
@@ -156,4 +176,53 @@ def build(cls):
     if getattr(obj, field.name) is gin.REQUIRED:   # a `%gin.REQUIRED` macro left unset
       raise UserError(f"{cls.__name__}.{field.name} is required: set the macro it is bound to "
                       "(e.g. --gin.DATA_DIR=\"'/path'\")")
+  check_fields(obj)
   return obj
+
+
+def check_fields(obj) -> None:
+  """Types (an int field holds an int, a float field a finite number, a bool a bool, a str a
+  str) and the ranges in `type(obj).RANGES` {field: (low, high[, "open" | "open_high"])}."""
+  name = type(obj).__name__
+  ranges = getattr(type(obj), "RANGES", {})
+  for field in dataclasses.fields(obj):
+    value, kind = getattr(obj, field.name), field.type if isinstance(field.type, str) else field.type.__name__
+    where = f"{name}.{field.name}={value!r}"
+    if kind == "bool" and not isinstance(value, bool):
+      raise UserError(f"{where} must be True or False")
+    if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+      raise UserError(f"{where} must be a whole number")
+    if kind == "float":
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{where} must be a finite number")
+    if kind == "str" and not isinstance(value, str):
+      raise UserError(f"{where} must be a string (gin strings need quotes: '...')")
+    if field.name in ranges:
+      _check_range(where, value, *ranges[field.name])
+
+
+def _check_range(where: str, value, low, high, bounds: str = "closed") -> None:
+  low_ok = low is None or (value > low if bounds == "open" else value >= low)
+  high_ok = high is None or (value < high if bounds == "open_high" else value <= high)
+  if not (low_ok and high_ok):
+    lo = "" if low is None else f"{'>' if bounds == 'open' else '>='} {low}"
+    hi = "" if high is None else f"{'<' if bounds == 'open_high' else '<='} {high}"
+    raise UserError(f"{where} must be {' and '.join(x for x in (lo, hi) if x)}")
+
+
+def flag_range(low=None, high=None, *, kind=int, bounds: str = "closed"):
+  """An argparse `type=` for a numeric flag: the value parsed as `kind`, finite, in range
+  (as RANGES); argparse turns the error into its one-line usage error."""
+  def parse(text: str):
+    try:
+      value = kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+      raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    try:
+      _check_range("value", value, low, high, bounds)
+    except UserError as e:
+      raise argparse.ArgumentTypeError(f"{text} {str(e).removeprefix('value ')}") from None
+    return value
+  return parse

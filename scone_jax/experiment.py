@@ -48,6 +48,20 @@ class Experiment:
         row_features=self.method.row_features(),
         batch_features=self.method.batch_features(process, batch_devices, rows // processes, store=store))
 
+  def identity(self) -> dict[str, str]:
+    """What a run of this experiment is trained on (train/identity.py): the data, its tokenizer
+    and the method's own inputs."""
+    return {"data_fingerprint": shards.data_fingerprint(self.data.data_dir),
+            "tokenizer_sha256": self.data_meta.tokenizer_sha256, **self.method.identity()}
+
+  def identity_sources(self) -> dict[str, str]:
+    return {"data_fingerprint": self.data.data_dir, "tokenizer_sha256": f"{self.data.data_dir}/meta.json",
+            **self.method.identity_sources()}
+
+  def input_dirs(self) -> dict[str, str]:
+    """What a run of this experiment reads (name -> directory): its outputs stay out of them."""
+    return {"DATA_DIR": self.data.data_dir, **self.method.input_dirs()}
+
   def accounting(self, abstract_params, process_count: int = 1, batch_devices: int = 1) -> accounting.Accounting:
     """The three parameter numbers and FLOPs per token (docs/METHODS.md 4)."""
     m = self.method

@@ -8,6 +8,7 @@ never leaves a directory that looks complete.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -73,3 +74,34 @@ def _move_into_place(staging: str, path: str) -> None:
   os.replace(staging, path)
   if old is not None:
     shutil.rmtree(old, ignore_errors=True)
+
+
+class Locked(Exception):
+  """Another process holds the lock (its pid, when it could be read, is `holder`)."""
+
+  def __init__(self, path: str, holder: str):
+    super().__init__(path, holder)
+    self.path, self.holder = path, holder
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str, *, shared: bool = False) -> Iterator[None]:
+  """An advisory lock on `directory` (its file `.lock`) for the `with` block: exclusive (one
+  writer) or shared (readers that must not overlap a writer). flock(2) locks belong to the open
+  file, so the kernel releases them when the process exits in any way, SIGKILL included: a lock
+  can never go stale. Raises Locked at once (never waits) when a conflicting holder exists."""
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, ".lock")
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+      raise Locked(path, holder) from None
+    if not shared:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield
+  finally:
+    os.close(fd)   # releases the lock

@@ -33,6 +33,15 @@ def env(tmp_path_factory):
   (root / "j1.jsonl").write_text('{"text": "ok"}\nnot json\n')
   (root / "j2.jsonl").write_text('{"body": "no text field"}\n')
   (root / "notspm.model").write_bytes(b"this is not a sentencepiece model")
+  # An existing SentencePiece model as most are trained (NFKC, whitespace collapsed: unlike the
+  # lossless ones prepare trains), and documents of whitespace only, which it encodes to no token.
+  import sentencepiece as spm
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(["the cat sat on the mat", "a dog ran to the river"] * 50),
+                                 model_prefix=str(root / "nfkc"), vocab_size=20, pad_id=0, eos_id=1, bos_id=2,
+                                 unk_id=3, minloglevel=2)
+  (root / "blank").mkdir()
+  (root / "blank" / "w1.txt").write_text("   \n\n\t\n")
+  (root / "blank" / "w2.txt").write_text(" \n")
   (root / "full").mkdir()
   (root / "full" / "x").write_text("x")
   # A run with a checkpoint, and a run directory without one.
@@ -76,6 +85,8 @@ def _tiny_fs(path: str, *, read_only: bool = False) -> bool:
 ROWS = [
     ("prepare-glob-matches-nothing", lambda e: ["prepare", "--input", f"{e['root']}/nothing/*.txt", "--out", f"{e['root']}/o1"], "nothing", "o1"),
     ("prepare-empty-corpus", lambda e: ["prepare", "--input", f"{e['root']}/empty/*.txt", "--out", f"{e['root']}/o2"], "empty", "o2"),
+    ("prepare-empty-corpus-with-vocab", lambda e: ["prepare", "--input", f"{e['root']}/empty/*.txt", "--vocab", f"{e['root']}/nfkc.model", "--out", f"{e['root']}/o11"], "holds no documents", "o11"),
+    ("prepare-blank-corpus-with-vocab", lambda e: ["prepare", "--input", f"{e['root']}/blank/*.txt", "--vocab", f"{e['root']}/nfkc.model", "--out", f"{e['root']}/o12"], "holds no documents", "o12"),
     ("prepare-binary-file", lambda e: ["prepare", "--input", f"{e['root']}/bin/*.txt", "--out", f"{e['root']}/o3"], "b.txt", "o3"),
     ("prepare-non-utf8-file", lambda e: ["prepare", "--input", f"{e['root']}/latin/*.txt", "--out", f"{e['root']}/o4"], "UTF-8", "o4"),
     ("prepare-jsonl-not-json", lambda e: ["prepare", "--input", f"{e['root']}/j1.jsonl", "--out", f"{e['root']}/o5"], "j1.jsonl", "o5"),
@@ -115,6 +126,24 @@ ROWS = [
     ("generate-store-on-a-baseline-run", lambda e: ["generate", "--workdir", e["run"], "--store", f"{e['root']}/nostore", "--prompt", "x"], "baseline run", None),
     ("generate-max-new-tokens-below-1", lambda e: ["generate", "--workdir", e["run"], "--prompt", "x", "--max_new_tokens", "0"], "max_new_tokens", None),
     ("generate-top-p-out-of-range", lambda e: ["generate", "--workdir", e["run"], "--prompt", "x", "--top_p", "1.5"], "top_p", None),
+    # Issue 15: outputs never eat inputs (scone_jax/outputs.py), settings checked at the boundary.
+    ("fgrams-build-out-is-its-data", lambda e: ["fgrams", "build", "--data", e["data"], "--max_n", "3", "--size", "10", "--min_count", "2", "--out", e["data"]], "is the input --data", None),
+    ("fgrams-build-out-inside-its-data", lambda e: ["fgrams", "build", "--data", e["data"], "--max_n", "3", "--size", "10", "--min_count", "2", "--out", f"{e['data']}/fg"], "lies inside the input --data", None),
+    ("fgrams-build-out-holds-other-files", lambda e: ["fgrams", "build", "--data", e["data"], "--max_n", "3", "--size", "10", "--min_count", "2", "--out", f"{e['root']}/text"], "holds other files", None),
+    ("prepare-out-is-its-input-corpus", lambda e: ["prepare", "--input", f"{e['root']}/text/*.txt", "--out", f"{e['root']}/text", "--overwrite"], "contains the input", None),
+    ("prepare-overwrite-of-another-artifact", lambda e: ["prepare", "--input", f"{e['root']}/text/*.txt", "--out", f"{e['root']}/fg", "--overwrite"], "holds a f-gram vocabulary", None),
+    ("train-workdir-inside-its-data", lambda e: ["train", "--gin_file", "models/tiny.gin", "--gin_file", "runs/cpu.gin", f"--gin.DATA_DIR='{e['data']}'", "--workdir", f"{e['data']}/run"], "lies inside the input DATA_DIR", None),
+    ("train-workdir-holds-other-files", lambda e: ["train", "--gin_file", "models/tiny.gin", "--gin_file", "runs/cpu.gin", f"--gin.DATA_DIR='{e['data']}'", "--workdir", f"{e['root']}/text"], "holds other files", None),
+    ("train-keep-checkpoints-0", lambda e: _train(e, "--gin.TrainConfig.keep_checkpoints=0"), "keep_checkpoints=0 must be >= 1", "out_train"),
+    ("train-checkpoint-every-0", lambda e: _train(e, "--gin.TrainConfig.checkpoint_every=0"), "checkpoint_every=0 must be >= 1", "out_train"),
+    ("train-learning-rate-nan", lambda e: _train(e, "--gin.TrainConfig.learning_rate=float('nan')"), "learning_rate", "out_train"),
+    ("train-vocab-size-a-string", lambda e: _train(e, "--gin.ModelConfig.vocab_size='64'"), "must be a whole number", "out_train"),
+    ("train-stop-after-steps-0", lambda e: _train(e, "--stop_after_steps", "0"), "--stop_after_steps", "out_train"),
+    ("eval-max-batches-negative", lambda e: ["eval", "--workdir", e["run"], "--max_batches", "-1"], "--max_batches", None),
+    ("export-out-inside-its-run", lambda e: ["export", "--workdir", e["run"], "--out", f"{e['run']}/store"], "lies inside the input --workdir", None),
+    ("export-rows-per-shard-negative", lambda e: ["export", "--workdir", e["run"], "--out", f"{e['root']}/s4", "--rows_per_shard", "-4"], "--rows_per_shard", "s4"),
+    ("generate-temperature-nan", lambda e: ["generate", "--workdir", e["run"], "--prompt", "x", "--temperature", "nan"], "not a finite number", None),
+    ("generate-cache-mb-negative", lambda e: ["generate", "--workdir", e["run"], "--prompt", "x", "--cache_mb", "-1"], "--cache_mb", None),
 ]
 
 
@@ -157,3 +186,23 @@ def test_disk_full_and_read_only_output(env, tmp_path, capsys, read_only):
                             err[0].replace(str(tmp_path), "…")]) + "\n")
   finally:
     subprocess.run(["umount", mnt], capture_output=True)
+
+
+# One row per command, run as a real process through the console script's module: the library
+# log lines a real shell would show (absl, jax, tensorstore) must not surround the one line.
+SHELL_ROWS = ("prepare-vocab-missing", "fgrams-build-size-0", "fgrams-match-corrupt-parquet", "train-keep-checkpoints-0",
+              "eval-run-without-checkpoint", "export-not-a-scone-run", "generate-temperature-nan")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHELL_ROWS)
+def test_bad_input_from_a_real_shell_is_one_line(name, env):
+  import subprocess
+  import sys
+  row = next(r for r in ROWS if r[0] == name)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-m", "scone_jax.cli", *row[1](env)], capture_output=True, text=True,
+                        timeout=300, env={k: v for k, v in {**os.environ, "PYTHONPATH": repo}.items()
+                                          if k not in ("XLA_FLAGS",)}, cwd=repo)
+  err = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(err) == 1 and row[2] in err[0], (name, proc.returncode, err)

@@ -38,6 +38,7 @@ class Corpus:
   read_all: Callable[[], Iterator[Document]]
   max_docs: int | None = None
   skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # why -> how many
+  files: tuple[str, ...] = ()   # the local files or directories it reads (outputs stay out of them)
 
   def documents(self) -> Iterator[Document]:
     """Yields the non-empty documents in a fixed order (at most `max_docs`)."""
@@ -108,7 +109,7 @@ def _stdlib_corpus() -> Corpus:
         continue
       yield Document(rel, text)
 
-  return Corpus(source=f"{BUILTIN_STDLIB} ({root})", read_all=read, skipped=skipped)
+  return Corpus(source=f"{BUILTIN_STDLIB} ({root})", read_all=read, skipped=skipped, files=(root,))
 
 
 def _jsonl_documents(path: str, field: str = "text") -> Iterator[Document]:
@@ -153,7 +154,7 @@ def _file_corpus(patterns: list[str]) -> Corpus:
       else:
         yield Document(path, read_text_file(path))
 
-  return Corpus(source=",".join(patterns), read_all=read)
+  return Corpus(source=",".join(patterns), read_all=read, files=tuple(paths))
 
 
 def _seqio_corpus(task_name: str, feature: str, splits: list[str] | None) -> Corpus:

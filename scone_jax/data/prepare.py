@@ -24,6 +24,7 @@ from typing import Sequence
 from scone_jax.data import corpus as corpus_lib, seqio_task, shards, tokenizer as tokenizer_lib
 from scone_jax.errors import UserError
 from scone_jax.files import atomic_directory
+from scone_jax.outputs import check_output
 from scone_jax.progress import Bars, progress_bars
 
 VOCAB_FILE = "vocab.model"
@@ -133,6 +134,9 @@ def prepare(inputs: list[str] | str, out: str, *, vocab_size: int = DEFAULT_VOCA
   seqio_task.import_modules(list(seqio_modules))
   corpus = corpus_lib.open_corpus(inputs, seqio_feature=seqio_feature, seqio_splits=seqio_splits,
                                   max_docs=max_docs)
+  # The output guard (scone_jax/outputs.py): DATA never replaces its own corpus or another artifact.
+  check_output(out, "data", inputs=[("--input", p) for p in corpus.files] + [("--vocab", vocab or "")],
+               replace=overwrite, hint="pass --overwrite to replace it or choose another path")
   _make_parent(out)
   with atomic_directory(out) as tmp_dir, progress_bars(enabled=progress) as bars:
     meta = _prepare_into(tmp_dir, corpus, bars, vocab_size=vocab_size, vocab=vocab,
@@ -177,6 +181,7 @@ def _prepare_into(data_dir: str, corpus: corpus_lib.Corpus, bars: Bars, *, vocab
       source=corpus.source,
       extra={
           "shard_sha256": shard_sha256,
+          "shard_max_id": {k: v for w in writers.values() for k, v in w.shard_max_ids().items()},
           "num_characters": scan.num_chars,
           "validation_fraction": validation_fraction,
           "split_rule": "sha256(identity NUL text)[:8] / 2^64 < validation_fraction",
@@ -222,6 +227,10 @@ def _write_shards(data_dir: str, corpus: corpus_lib.Corpus, scan: _Scan,
       writer.close()
   if fingerprint.hexdigest() != scan.fingerprint:
     raise changed
+  if not any(writer.num_tokens for writer in writers.values()):
+    # Only a --vocab can get here (a trained tokenizer is lossless: text never encodes to
+    # nothing): its normalization left no token of any document (e.g. whitespace-only text).
+    raise _no_text(corpus)
   return writers, lossy
 
 
@@ -245,8 +254,7 @@ def _scan(corpus: corpus_lib.Corpus, validation_fraction: float, sample_chars: i
     task.advance()
   task.finish()
   if not is_validation:
-    raise UserError(f"input {corpus.source!r} holds no documents (or only empty ones); "
-                    "pass a corpus with text in it")
+    raise _no_text(corpus)
   # At least one document on each side once there are two: the extreme hash moves over.
   moved = None
   if len(is_validation) >= 2 and not any(is_validation):
@@ -264,6 +272,14 @@ def _scan(corpus: corpus_lib.Corpus, validation_fraction: float, sample_chars: i
   for in_validation, length in zip(is_validation, lengths):
     num_chars["validation" if in_validation else "train"] += length
   return _Scan(is_validation, num_chars, fingerprint.hexdigest(), sample)
+
+
+def _no_text(corpus: corpus_lib.Corpus) -> UserError:
+  """The one error for a corpus without text: no document, only empty ones (found by pass 1,
+  before a tokenizer is trained or copied), or only documents that encode to no token at all
+  (found by pass 2: a --vocab whose normalization drops their text)."""
+  return UserError(f"input {corpus.source!r} holds no documents (or only empty ones); "
+                   "pass a corpus with text in it")
 
 
 def _num_shards(requested: int | None, num_documents: int, num_chars: int) -> int:

@@ -42,6 +42,26 @@ class DataMeta:
   source: str = ""
   extra: dict = dataclasses.field(default_factory=dict)
 
+  def validate(self, where: str) -> None:
+    """Counts are non-negative whole numbers, the vocabulary is not empty and the special ids
+    are distinct ids inside it (-1 = absent)."""
+    def bad(what):
+      return UserError(f"{where} {what}; re-run `scone-jax prepare`")
+    if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size, int) or self.vocab_size < 1:
+      raise bad(f"has vocab_size {self.vocab_size!r}")
+    ids = {"pad_id": self.pad_id, "eos_id": self.eos_id, "bos_id": self.bos_id, "unk_id": self.unk_id}
+    for name, i in ids.items():
+      if isinstance(i, bool) or not isinstance(i, int) or not -1 <= i < self.vocab_size:
+        raise bad(f"has {name} {i!r}, not an id below vocab_size {self.vocab_size}")
+    present = [i for i in ids.values() if i >= 0]
+    if len(set(present)) != len(present):
+      raise bad(f"gives two special tokens one id ({ids})")
+    for field in ("num_documents", "num_tokens", "num_shards"):
+      counts = getattr(self, field)
+      if not isinstance(counts, dict) or any(isinstance(v, bool) or not isinstance(v, int) or v < 0
+                                             for v in counts.values()):
+        raise bad(f"has {field} {counts!r}, not counts per split")
+
   @property
   def special_ids(self) -> tuple[int, ...]:
     return tuple(i for i in (self.pad_id, self.eos_id, self.bos_id, self.unk_id) if i >= 0)
@@ -55,12 +75,21 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 def shard_paths(data_dir: str, split: str) -> list[str]:
-  """Sorted shard files of one split; a clear error if there are none."""
+  """The shard files of one split, as meta.json names them (num_shards): DATA is a closed set, so
+  a missing shard, or a shard file meta.json does not list, is an error, never a smaller split."""
   if split not in SPLITS:
     raise UserError(f"split {split!r} is not one of {', '.join(SPLITS)}")
-  paths = sorted(glob.glob(os.path.join(data_dir, f"{split}-*-of-*.array_record")))
-  if not paths:
+  count = load_meta(data_dir).num_shards.get(split, 0)
+  if not count:
     raise UserError(f"no {split} shards in {data_dir!r}: run `scone-jax prepare --out {data_dir}` first")
+  paths = [os.path.join(data_dir, shard_name(split, i, count)) for i in range(count)]
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise UserError(f"{missing[0]!r} is missing ({len(missing)} of the {count} {split} shards {data_dir}/meta.json "
+                    "lists): the data directory is incomplete; re-run `scone-jax prepare`")
+  stray = sorted(set(glob.glob(os.path.join(data_dir, f"{split}-*-of-*.array_record"))) - set(paths))
+  if stray:
+    raise UserError(f"{stray[0]!r} is not listed in {data_dir}/meta.json: remove it or re-run `scone-jax prepare`")
   return paths
 
 
@@ -72,9 +101,11 @@ def load_meta(data_dir: str) -> DataMeta:
     with open(path) as f:
       raw = json.load(f)
     known = {f.name for f in dataclasses.fields(DataMeta)}
-    return DataMeta(**{k: v for k, v in raw.items() if k in known})
-  except (json.JSONDecodeError, TypeError) as e:
+    meta = DataMeta(**{k: v for k, v in raw.items() if k in known})
+  except (json.JSONDecodeError, TypeError, AttributeError) as e:
     raise UserError(f"{path!r} is not a valid meta.json ({e}); re-run `scone-jax prepare`") from e
+  meta.validate(repr(path))
+  return meta
 
 
 def write_meta(data_dir: str, meta: DataMeta) -> None:
@@ -99,16 +130,37 @@ class ShardWriter:
     self._next = 0
     self.num_documents = 0
     self.num_tokens = 0
+    self.max_ids = [-1] * count   # the largest token id in each shard (meta.json `shard_max_id`)
 
   def write(self, ids) -> None:
+    ids = np.asarray(ids)
     self._writers[self._next].write(encode_document(ids))
+    if ids.size:
+      self.max_ids[self._next] = max(self.max_ids[self._next], int(ids.max()))
     self._next = (self._next + 1) % len(self._writers)
     self.num_documents += 1
     self.num_tokens += len(ids)
 
+  def shard_max_ids(self) -> dict[str, int]:
+    return {os.path.basename(p): m for p, m in zip(self.paths, self.max_ids)}
+
   def close(self) -> None:
     for w in self._writers:
       w.close()
+
+
+def _max_id(path: str) -> int:
+  reader = ArrayRecordReader(path)
+  try:
+    n, largest = reader.num_records(), -1
+    for start in range(0, n, 1024):
+      for record in reader.read(list(range(start, min(n, start + 1024)))):
+        doc = decode_document(record)
+        if doc.size:
+          largest = max(largest, int(doc.max()))
+    return largest
+  finally:
+    reader.close()
 
 
 def read_documents(data_dir: str, split: str) -> Iterator[np.ndarray]:
@@ -140,6 +192,7 @@ def verify_shards(data_dir: str, splits: tuple[str, ...] = SPLITS) -> None:
   recorded = meta.extra.get("shard_sha256")
   if not recorded:
     return
+  max_ids = meta.extra.get("shard_max_id", {})
   for split in splits:
     for path in shard_paths(data_dir, split) if meta.num_documents.get(split) else []:
       name = os.path.basename(path)
@@ -148,6 +201,12 @@ def verify_shards(data_dir: str, splits: tuple[str, ...] = SPLITS) -> None:
       if file_sha256(path) != recorded[name]:
         raise UserError(f"{path!r} does not match the sha256 in meta.json (corrupted or replaced); "
                         "re-run `scone-jax prepare`")
+      # Token ids inside the vocabulary: from meta.json once the hash vouches for the shard, else
+      # (directories written before `shard_max_id` was recorded) by reading its documents.
+      largest = max_ids[name] if name in max_ids else _max_id(path)
+      if largest >= meta.vocab_size:
+        raise UserError(f"{path!r} holds token id {largest}, outside the vocabulary of {meta.vocab_size} "
+                        f"({data_dir}/meta.json): the shard was not written with this tokenizer; re-run `scone-jax prepare`")
   for name in recorded:
     if os.path.basename(name) != name:   # names in meta.json never point outside DATA
       raise UserError(f"{data_dir}/meta.json names a shard outside its directory: {name!r}")

@@ -193,17 +193,38 @@ def create_arrays(url: str, layout: Layout) -> None:
 
 def open_arrays(url: str, names, *, context=None, read_only: bool = False) -> dict:
   """{name: ts.TensorStore} of existing arrays. Readers pass a context with a bounded cache; the
-  store is immutable once complete, so cached data is never rechecked."""
+  store is immutable once complete, so cached data is never rechecked. A reader never sees a fill
+  value in place of data: a chunk that is missing (deleted, never written) is an error."""
   out = {}
   for name in names:
     spec = array_spec(url, name)
     if read_only:
-      spec.update(recheck_cached_data="open", recheck_cached_metadata="open")
+      spec.update(recheck_cached_data="open", recheck_cached_metadata="open", fill_missing_data_reads=False)
     try:
       out[name] = ts.open(spec, context=context or shared_context(), read=True, write=not read_only).result()
     except ValueError as e:
       raise UserError(f"store {url!r}: cannot open array {name!r} ({' '.join(str(e).split())})") from e
   return out
+
+
+def _chunking(meta: dict) -> tuple:
+  """What a reader relies on in an array's zarr.json: shape, dtype, chunk grid, inner chunks and
+  the codec chain (crc32c included)."""
+  codecs = meta.get("codecs") or [{}]
+  inner = codecs[0].get("configuration", {})
+  return (list(meta.get("shape", [])), meta.get("data_type"), meta.get("chunk_grid"), inner.get("chunk_shape"),
+          [c.get("name") for c in codecs], [c.get("name") for c in inner.get("codecs", [])])
+
+
+def check_metadata(kv, url: str, layout: "Layout") -> None:
+  """Every array's stored metadata agrees with the manifest's layout (UserError if not)."""
+  for name in layout.arrays():
+    stored = read_json(kv, f"{name}/zarr.json")
+    if stored is None:
+      raise UserError(f"store {url!r}: array {name!r} has no zarr.json; re-export with `scone-jax export --restart`")
+    if _chunking(stored) != _chunking(layout.metadata(name)):
+      raise UserError(f"store {url!r}: array {name!r} is stored as {_chunking(stored)[:4]} but the manifest says "
+                      f"{_chunking(layout.metadata(name))[:4]}; re-export with `scone-jax export --restart`")
 
 
 def block_key(block: int) -> str:

@@ -27,9 +27,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from scone_jax import parallel
+from scone_jax.config import flag_range
 from scone_jax.errors import UserError
 from scone_jax.export import layout as L, manifest as M
+from scone_jax.outputs import check_output
 from scone_jax.progress import progress_bar
+from scone_jax.train import identity as run_identity
 from scone_jax.train.restore import load_run
 
 # (tokens [n, K] int32, lengths [n] int32) of this process's rows -> (rows [n, d] stored dtype,
@@ -43,12 +46,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--out", required=True, help="the store: a directory, or a tensorstore kvstore URL "
                  "(file:///dir/, gs://bucket/dir/, memory://)")
   p.add_argument("--dtype", default="float32", choices=L.DTYPES, help="stored dtype; int8 adds a per-row scale")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
-  p.add_argument("--rows_per_shard", type=int, default=0, help="f-grams per shard file / block (0 = about 32 MiB)")
-  p.add_argument("--batch_rows", type=int, default=0, help="f-grams per process per A_f call (0 = a whole block)")
+  p.add_argument("--step", type=flag_range(0), default=None, help="checkpoint step (default: newest)")
+  p.add_argument("--rows_per_shard", type=flag_range(0), default=0, help="f-grams per shard file / block (0 = about 32 MiB)")
+  p.add_argument("--batch_rows", type=flag_range(0), default=0, help="f-grams per process per A_f call (0 = a whole block)")
   p.add_argument("--restart", action="store_true", help="delete the store and start over instead of resuming")
-  p.add_argument("--stop_after_blocks", type=int, default=None,
+  p.add_argument("--stop_after_blocks", type=flag_range(1), default=None,
                  help="stop after this many blocks per process (the export resumes later)")
+  p.add_argument("--allow_other_data", action="store_true",
+                 help="use the run although its DATA_DIR or f-gram file changed since it trained (on purpose)")
   p.add_argument("--progress", action="store_true", help="show progress even when stderr is not a TTY")
   p.add_argument("--coordinator_address", default=None, help="multi-host: HOST:PORT of process 0")
   p.add_argument("--num_processes", type=int, default=None)
@@ -57,7 +62,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
   parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
-  run_ = load_run(args.workdir, step=args.step)
+  with run_identity.run_lock(args.workdir, shared=True):   # no training of this run meanwhile
+    return _export(args)
+
+
+def _export(args) -> int:
+  run_ = load_run(args.workdir, step=args.step, allow_other_data=args.allow_other_data)
+  local = args.out.removeprefix("file://")
+  if "://" not in local:   # the output guard (outputs.py): a store never lands in what it reads
+    check_output(local, "store", inputs={"--workdir": args.workdir, **run_.exp.input_dirs()})
   identity = M.identity_of(run_)
   vocab = run_.exp.method.fgram_vocab
   rows_per_shard = args.rows_per_shard or L.default_rows_per_shard(len(vocab), identity.dim, args.dtype)

@@ -19,6 +19,7 @@ from scone_jax.errors import UserError
 from scone_jax.fgram import vocab as vocab_lib
 from scone_jax.fgram.beam_count import count_fgrams_beam
 from scone_jax.fgram.count import DEFAULT_CHUNK_TOKENS, count_fgrams, validate_params
+from scone_jax.outputs import check_output
 
 ACCEPTS_EXTRA = True  # Beam pipeline options
 RUNNERS = ("local", "beam")
@@ -54,13 +55,11 @@ def _check_data(data_dir: str):
   return meta, shard_paths(data_dir, "train")
 
 
-def _check_out(out_dir: str) -> None:
+def _check_out(out_dir: str, data_dir: str) -> None:
+  """The output guard (scone_jax/outputs.py): FG is not DATA, not inside it, and replaces only
+  an f-gram vocabulary; then its parent is created."""
+  check_output(out_dir, "fgrams", inputs={"--data": data_dir})
   out = os.path.abspath(out_dir)
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise UserError(f"--out {out_dir!r} is a file: pass a directory path for the f-gram vocabulary")
-  if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, vocab_lib.META)):
-    raise UserError(f"--out {out_dir!r} is a non-empty directory that is not an f-gram vocabulary: "
-                    "refusing to replace it, pass a new path")
   parent = os.path.dirname(out)
   blocker = parent
   while blocker and not os.path.exists(blocker):
@@ -86,7 +85,7 @@ def build(data_dir: str, out_dir: str, *, max_n: int, size: int, min_count: int 
   if chunk_tokens < 1:
     raise UserError(f"--chunk_tokens {chunk_tokens} is below 1: pass a positive number of tokens")
   meta, paths = _check_data(data_dir)
-  _check_out(out_dir)
+  _check_out(out_dir, data_dir)
   tmp_dir = tmp_dir or os.path.dirname(os.path.abspath(out_dir))
   if not os.path.isdir(tmp_dir):
     raise UserError(f"--tmp_dir {tmp_dir!r} is not a directory: pass an existing writable directory")

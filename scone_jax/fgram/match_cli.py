@@ -116,10 +116,7 @@ def run(args: argparse.Namespace) -> int:
   if args.max_docs is not None and args.max_docs < 0:
     raise UserError(f"--max_docs must be >= 0, got {args.max_docs}")
   fgrams, data_meta = load_checked(args.fgrams, args.data, args.allow_other_data)
-  try:
-    matcher = ExactMatcher(fgrams)
-  except ValueError as e:
-    raise UserError(f"f-grams {args.fgrams!r} cannot be matched ({e}); rebuild them") from e
+  matcher = ExactMatcher.checked(fgrams, args.fgrams)
   shards.shard_paths(args.data, args.split)  # a clear error before any output if there are none
   total = data_meta.num_documents.get(args.split)
   if args.max_docs is not None:

@@ -25,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from scone_jax.errors import UserError
+
 _MIX = np.uint64(0x9E37_79B9_7F4A_7C15)
 _MORE = np.uint64(2**63)  # entry flag: the next entry is displaced (see _place)
 _EMPTY = np.uint64(2**63 - 1)  # an empty slot: above every query key (see _build), no flag
@@ -55,6 +57,15 @@ class ExactMatcher:
     (a constant hash must still give exact answers). max_load: f-grams per slot, at most."""
     k = max_n if max_n is not None else int(vocab.meta.max_n)
     self._build(np.asarray(vocab.flat), np.asarray(vocab.offsets), k, hash_fn or fibonacci_hash, max_load)
+
+  @classmethod
+  def checked(cls, vocab, where: str) -> "ExactMatcher":
+    """The matcher of a vocabulary a user gave (FG at `where`): a vocabulary it cannot match
+    (not closed under suffixes, ids too large for its keys, ...) is a one-line UserError."""
+    try:
+      return cls(vocab)
+    except ValueError as e:
+      raise UserError(f"f-grams {where!r} cannot be matched ({e}); rebuild them with `scone-jax fgrams build`") from e
 
   @classmethod
   def from_arrays(cls, flat, offsets, max_n: int, hash_fn: HashFn | None = None,

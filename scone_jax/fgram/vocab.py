@@ -9,6 +9,7 @@ beam_count.py) return, its meta holding what a counter knows (count.counted_meta
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -34,6 +35,11 @@ class FgramMeta:
   num_fgrams: int       # rows actually written (<= size when few n-grams reach c_min)
   vocab_size: int
   parquet_sha256: str = ""
+  meta_sha256: str = ""   # of the other fields (canonical JSON): meta.json has its own hash
+
+  def content_sha256(self) -> str:
+    fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 @dataclasses.dataclass
@@ -83,6 +89,7 @@ def save(vocab: FgramVocab, out_dir: str) -> None:
     table = pa.table({"tokens": tokens, "count": pa.array(vocab.counts, pa.int64())})
     pq.write_table(table, os.path.join(tmp, PARQUET))
     meta = dataclasses.replace(vocab.meta, num_fgrams=len(vocab), parquet_sha256=_sha256(os.path.join(tmp, PARQUET)))
+    meta = dataclasses.replace(meta, meta_sha256=meta.content_sha256())
     with open(os.path.join(tmp, META), "w") as f:
       json.dump(dataclasses.asdict(meta), f, indent=2, sort_keys=True)
 
@@ -98,11 +105,36 @@ def load(fg_dir: str, verify: bool = True) -> FgramVocab:
       meta = FgramMeta(**json.load(f))
   except (json.JSONDecodeError, TypeError) as e:
     raise UserError(f"{meta_path!r} is not a valid f-gram meta.json ({e}); rebuild the f-grams") from e
+  if meta.meta_sha256 and meta.content_sha256() != meta.meta_sha256:
+    raise UserError(f"{meta_path!r} does not match its own sha256 (edited or corrupted); rebuild the f-grams")
   if verify and meta.parquet_sha256 and _sha256(pq_path) != meta.parquet_sha256:
     raise UserError(f"{pq_path!r} does not match the sha256 in its meta.json (corrupted?); rebuild the f-grams")
-  table = pq.read_table(pq_path)
+  try:
+    table = pq.read_table(pq_path, columns=["tokens", "count"])
+  except (pa.ArrowException, OSError, KeyError) as e:
+    raise UserError(f"{pq_path!r} is not an f-gram table with columns tokens and count ({' '.join(str(e).split())[:160]}); "
+                    "rebuild the f-grams") from e
   tokens = table.column("tokens").combine_chunks()
   offsets = np.asarray(tokens.offsets, dtype=np.int64)
   flat = np.asarray(tokens.values, dtype=np.int32)
   counts = np.asarray(table.column("count"), dtype=np.int64)
-  return FgramVocab(flat, offsets - offsets[0], counts, meta)
+  vocab = FgramVocab(flat, offsets - offsets[0], counts, meta)
+  _check_against_meta(vocab, pq_path)
+  return vocab
+
+
+def _check_against_meta(vocab: FgramVocab, where: str) -> None:
+  """The parquet agrees with its meta.json: row count, lengths 2..K, ids inside the vocabulary,
+  counts at least c_min and in rank order (docs/METHODS.md 1.1)."""
+  meta, lengths = vocab.meta, vocab.lengths
+  problems = []
+  if len(vocab) != meta.num_fgrams:
+    problems.append(f"{len(vocab)} rows, meta.json says num_fgrams {meta.num_fgrams}")
+  if len(vocab) and (lengths.min() < 2 or lengths.max() > meta.max_n):
+    problems.append(f"f-gram lengths {int(lengths.min())}..{int(lengths.max())}, not 2..{meta.max_n}")
+  if vocab.flat.size and (vocab.flat.min() < 0 or vocab.flat.max() >= meta.vocab_size):
+    problems.append(f"token ids {int(vocab.flat.min())}..{int(vocab.flat.max())}, outside the vocabulary of {meta.vocab_size}")
+  if len(vocab) and (vocab.counts.min() < meta.min_count or np.any(np.diff(vocab.counts) > 0)):
+    problems.append(f"counts not in rank order at or above min_count {meta.min_count}")
+  if problems:
+    raise UserError(f"{where!r} does not agree with its meta.json ({'; '.join(problems)}); rebuild the f-grams")

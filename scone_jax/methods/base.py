@@ -5,6 +5,7 @@ data's meta.json) and then answers every question the rest of the code has about
   build_model(seed)                 the main model with the method's modules attached
   row_features() / batch_features() host-side features of the grain pipeline (vectorised numpy)
   decode_features(store)            host-side features of each decode step (serve/decode.py)
+  identity()                        hashes of the method's own inputs a run records (SCONE: FG)
   extra_flops()                     forward FLOPs per token the method adds to the main model
   training_only / offloaded         parameter groups of the accounting (docs/METHODS.md 4)
   fgram_vocab                       the f-gram vocabulary of methods with an exportable f-gram
@@ -83,6 +84,19 @@ class Method:
   def no_store_error(self, what: str = "this run") -> UserError:
     return UserError(f"{what} is {self.description} (ModelConfig.embedding={self.name!r}): it has no f-gram "
                      "store; drop --store or pass --store none")
+
+  # -- identity --------------------------------------------------------------------------------
+  def identity(self) -> dict[str, str]:
+    """Hashes of the method's own inputs that a run records (train/identity.py)."""
+    return {}
+
+  def identity_sources(self) -> dict[str, str]:
+    """Where each identity came from (paths, for messages)."""
+    return {}
+
+  def input_dirs(self) -> dict[str, str]:
+    """The directories the method reads (name -> path): outputs must stay out of them."""
+    return {}
 
   # -- accounting ------------------------------------------------------------------------------
   fgram_vocab = None

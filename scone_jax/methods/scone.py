@@ -25,6 +25,7 @@ Per batch, A_f runs once per distinct f-gram, so its cost scales with U, not wit
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import gin
 import jax.numpy as jnp
@@ -62,6 +63,9 @@ class FgramConfig:
   d_ff: int = 0
   max_unique: int = 0           # distinct f-grams per process batch (static); 0 = never-overflowing bound
   max_n: int = 0                # planned K: lets `compile` size a run with no f-gram file (else the file's K)
+
+  RANGES: ClassVar[dict] = {"size": (0, None), "num_layers": (1, None), "d_model": (0, None), "num_heads": (0, None),
+                            "num_kv_heads": (0, None), "d_ff": (0, None), "max_unique": (0, None), "max_n": (0, None)}
 
   def model_config(self, main: ModelConfig) -> ModelConfig:
     """A_f's block design: the main model's, at A_f's own width and depth."""
@@ -267,7 +271,7 @@ class Scone(Method):
     return lambda rngs: SconeEmbedding(self.model, self.fgram, self.max_n, rngs)
 
   def row_features(self):
-    return (MatchRow(ExactMatcher(self.fgram_vocab)),)
+    return (MatchRow(ExactMatcher.checked(self.fgram_vocab, self.fgram.fgram_dir)),)
 
   def batch_features(self, process_index=0, batch_devices=1, process_rows=0, store=None):
     u = self.max_unique(process_rows or self.data.batch_size, batch_devices)
@@ -276,13 +280,23 @@ class Scone(Method):
 
   def decode_features(self, store=None):
     if store is None:   # A_f on the device, from the distinct f-grams' tokens
-      return FgramDecodeFeatures(ExactMatcher(self.fgram_vocab), FgramTokens(self.fgram_vocab))
+      return FgramDecodeFeatures(ExactMatcher.checked(self.fgram_vocab, self.fgram.fgram_dir),
+                                 FgramTokens(self.fgram_vocab))
     return FgramDecodeFeatures(matcher_from_tokens(store.fgram_tokens), StoreRows(store))
 
   def fgrams_sha256(self) -> str:
     """The identity of the f-gram file (recorded by a store's manifest)."""
     meta = self.fgram_vocab.meta
     return meta.parquet_sha256 or file_sha256(f"{self.fgram.fgram_dir}/{fgram_vocab.PARQUET}")
+
+  def identity(self):
+    return {"fgrams_sha256": self.fgrams_sha256()}
+
+  def identity_sources(self):
+    return {"fgrams_sha256": self.fgram.fgram_dir}
+
+  def input_dirs(self):
+    return {"FGRAM_DIR": self.fgram.fgram_dir}
 
   def offloaded_entries(self, counted):
     return counted + self.num_fgrams * self.model.d_model

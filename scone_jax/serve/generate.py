@@ -17,7 +17,7 @@ import os
 
 import jax
 
-from scone_jax.config import MeshConfig
+from scone_jax.config import MeshConfig, flag_range
 from scone_jax.data.tokenizer import Tokenizer
 from scone_jax.errors import UserError
 from scone_jax.export.manifest import identity_of
@@ -33,24 +33,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  "'none' = compute f-gram embeddings with A_f")
   p.add_argument("--tier", default="ram", choices=("ram", "disk", "remote"), help="how the store is read")
   p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
-  p.add_argument("--max_new_tokens", type=int, default=64)
-  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-  p.add_argument("--top_k", type=int, default=0, help="0 = off")
-  p.add_argument("--top_p", type=float, default=1.0, help="1 = off")
+  p.add_argument("--max_new_tokens", type=flag_range(1), default=64)
+  p.add_argument("--temperature", type=flag_range(0.0, kind=float), default=0.0, help="0 = greedy")
+  p.add_argument("--top_k", type=flag_range(0), default=0, help="0 = off")
+  p.add_argument("--top_p", type=flag_range(0.0, 1.0, kind=float, bounds="open"), default=1.0, help="1 = off")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+  p.add_argument("--step", type=flag_range(0), default=None, help="checkpoint step (default: newest)")
   p.add_argument("--data", default=None, help="data directory with vocab.model (default: the run's DATA_DIR)")
-  p.add_argument("--cache_mb", type=int, default=64, help="disk/remote tiers: tensorstore cache size")
+  p.add_argument("--cache_mb", type=flag_range(1), default=64, help="disk/remote tiers: tensorstore cache size")
+  p.add_argument("--allow_other_data", action="store_true",
+                 help="use the run although its DATA_DIR or f-gram file changed since it trained (on purpose)")
   p.add_argument("--format", default="text", choices=("text", "json"))
 
 
 def load_decoder(workdir: str, *, store: str | None = "none", tier: str = "ram", sampling: Sampling = Sampling(),
                  seed: int = 0, step: int | None = None, data_dir: str | None = None,
-                 cache_bytes: int = 64 << 20):
+                 cache_bytes: int = 64 << 20, allow_other_data: bool = False):
   """(Decoder, LoadedRun): the run's checkpoint on one device, with its method's decode features
   (SCONE: rows from `store`, or A_f when store is none)."""
   run = load_run(workdir, step=step, devices=jax.devices()[:1], data_dir=data_dir,
-                 mesh_config=MeshConfig(data=1, fsdp=1, tensor=1))
+                 mesh_config=MeshConfig(data=1, fsdp=1, tensor=1), allow_other_data=allow_other_data)
   opened = None
   if store not in (None, "", "none"):
     if run.exp.method.fgram_vocab is None:
@@ -62,11 +64,10 @@ def load_decoder(workdir: str, *, store: str | None = "none", tier: str = "ram",
 
 
 def run(args) -> int:
-  if args.max_new_tokens < 1:
-    raise UserError(f"--max_new_tokens {args.max_new_tokens} must be at least 1")
   sampling = Sampling(args.temperature, args.top_k, args.top_p).validate()
   decoder, run_ = load_decoder(args.workdir, store=args.store, tier=args.tier, sampling=sampling, seed=args.seed,
-                               step=args.step, data_dir=args.data, cache_bytes=args.cache_mb << 20)
+                               step=args.step, data_dir=args.data, cache_bytes=args.cache_mb << 20,
+                               allow_other_data=args.allow_other_data)
   data_dir = run_.exp.data.data_dir
   vocab_path = os.path.join(data_dir, "vocab.model")
   if not os.path.isfile(vocab_path):

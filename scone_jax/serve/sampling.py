@@ -8,6 +8,7 @@ Ties at a cut-off are kept (a logit equal to the k-th largest stays).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,8 @@ class Sampling:
   top_p: float = 1.0         # 1 = no nucleus cut
 
   def validate(self) -> "Sampling":
+    if not all(math.isfinite(x) for x in (self.temperature, self.top_p)):
+      raise UserError(f"sampling settings {self} must be finite numbers")
     if self.temperature < 0:
       raise UserError(f"--temperature {self.temperature} must be >= 0 (0 = greedy)")
     if self.top_k < 0:

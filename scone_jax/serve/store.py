@@ -111,6 +111,7 @@ def open_store(url: str, tier: str = "ram", *, expected: M.Identity | None = Non
   if expected is not None:
     M.check(manifest, expected, url)
   lay = manifest.layout
+  L.check_metadata(kv, url, lay)
   context = L.read_context(cache_bytes)
   arrays = L.open_arrays(url, lay.arrays(), context=context, read_only=True)
   for name, array in arrays.items():

@@ -50,11 +50,16 @@ class Checkpoints:
     return out
 
   def seal(self) -> None:
-    """Records the hashes of finished, not yet sealed steps (process 0); forgets deleted ones."""
-    if not self.hashes or self.read_only or jax.process_index() != 0:
+    """Records the hashes of finished, not yet sealed steps (process 0); forgets deleted ones.
+    It first waits for an asynchronous save in flight: its step is listed before its directory is
+    committed, and hashing it then recorded nothing (an empty record that verified nothing)."""
+    if not self.hashes or self.read_only:
+      return
+    self.manager.wait_until_finished()   # every process (it may synchronize them); the next save waits anyway
+    if jax.process_index() != 0:
       return
     os.makedirs(self._hash_dir(), exist_ok=True)
-    steps = set(self.manager.all_steps())
+    steps = {s for s in self.manager.all_steps() if os.path.isdir(os.path.join(self.directory, str(s)))}
     for name in os.listdir(self._hash_dir()):
       if name.endswith(".json") and name[:-5].isdigit() and int(name[:-5]) not in steps:
         os.remove(os.path.join(self._hash_dir(), name))
@@ -64,12 +69,28 @@ class Checkpoints:
         atomic_write_json(path, self._file_hashes(step), indent=1, sort_keys=True)
 
   def verify(self, step: int) -> None:
+    """The step's files equal its hash record, file for file. A step without a record is refused
+    by readers (eval, export, generate); a training resume first records a step that orbax
+    committed but the run did not get to hash (killed in between: the commit is atomic)."""
     path = os.path.join(self._hash_dir(), f"{step}.json")
-    if not self.hashes or not os.path.exists(path):
+    if not self.hashes:
       return
+    if not os.path.exists(path):
+      if not self.read_only:
+        self.seal()
+      elif os.path.isdir(self._hash_dir()):
+        raise UserError(f"checkpoint step {step} in {self.directory!r} has no hash record ({path}): it cannot be "
+                        "verified; resume training once to record it, or delete the step")
+      else:
+        return   # a run written before checkpoint hashes existed
     with open(path) as f:
       expected = json.load(f)
     actual = self._file_hashes(step)
+    if not expected or set(expected) != set(actual):
+      extra, lost = sorted(set(actual) - set(expected)), sorted(set(expected) - set(actual))
+      raise UserError(f"checkpoint step {step} does not match its hash record ({path}: {len(expected)} files recorded, "
+                      f"unrecorded {extra[:2]}, missing {lost[:2]}); delete {os.path.join(self.directory, str(step))} "
+                      "to resume from the step before it")
     for name, digest in sorted(expected.items()):
       if actual.get(name) != digest:
         raise UserError(f"checkpoint step {step} is corrupted: {os.path.join(self.directory, str(step), name)} "
@@ -93,7 +114,12 @@ class Checkpoints:
     args = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    except (ValueError, TypeError) as e:   # shapes or tree of another configuration
+      first = " ".join(str(e).split())[:200]
+      raise UserError(f"checkpoint step {step} in {self.directory!r} does not match this configuration ({first}); "
+                      "resume with the run's own settings (RUN/config.gin) or pick a new --workdir") from e
     return restored["state"]
 
   def wait(self) -> None:

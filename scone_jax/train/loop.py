@@ -16,11 +16,12 @@ import time
 import jax
 
 from scone_jax import experiment, parallel
-from scone_jax.config import bindings_from_flags
+from scone_jax.config import bindings_from_flags, flag_range
 from scone_jax.data import pipeline
 from scone_jax.errors import UserError
 from scone_jax.files import atomic_write_json
-from scone_jax.train import evaluate, metrics as M
+from scone_jax.outputs import check_output
+from scone_jax.train import evaluate, identity, metrics as M
 from scone_jax.train.checkpoint import Checkpoints
 from scone_jax.train.optimizer import schedule
 from scone_jax.train.state import make_trainer
@@ -32,12 +33,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--gin_file", action="append", default=[], required=True, help="gin file (repeatable)")
   p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, config.gin)")
   p.add_argument("--coordinator_address", default=None, help="multi-host: HOST:PORT of process 0")
-  p.add_argument("--num_processes", type=int, default=None)
-  p.add_argument("--process_id", type=int, default=None)
-  p.add_argument("--heartbeat_timeout_seconds", type=int, default=100,
+  p.add_argument("--num_processes", type=flag_range(1), default=None)
+  p.add_argument("--process_id", type=flag_range(0), default=None)
+  p.add_argument("--heartbeat_timeout_seconds", type=flag_range(1), default=100,
                  help="multi-host: a process silent this long is declared dead and every other process stops")
   p.add_argument("--quiet", action="store_true", help="print only the final summary")
-  p.add_argument("--stop_after_steps", type=int, default=None,
+  p.add_argument("--allow_other_data", action="store_true",
+                 help="resume on other data or f-grams than the run recorded (e.g. fine-tuning), on purpose")
+  p.add_argument("--stop_after_steps", type=flag_range(1), default=None,
                  help="stop (with a checkpoint) after this many steps of this invocation; the run resumes later")
 
 
@@ -50,7 +53,8 @@ def run(args) -> int:
   parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                   heartbeat_timeout_seconds=args.heartbeat_timeout_seconds)
   exp = experiment.load(args.gin_file, bindings_from_flags(args.extra))
-  summary = train(exp, args.workdir, quiet=args.quiet, stop_after=args.stop_after_steps)
+  summary = train(exp, args.workdir, quiet=args.quiet, stop_after=args.stop_after_steps,
+                  allow_other_data=args.allow_other_data)
   _log(f"done: step {summary['step']}, validation loss {summary.get('eval_loss', float('nan')):.4f}, "
        f"perplexity {summary.get('eval_perplexity', float('nan')):.2f}")
   return 0
@@ -80,9 +84,13 @@ def threading_is_main() -> bool:
   return threading.current_thread() is threading.main_thread()
 
 
-def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = None) -> dict:
-  """Runs (or resumes) training to exp.train.steps; returns the final metrics."""
-  cfg, dcfg = exp.train, exp.data
+def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = None,
+          allow_other_data: bool = False) -> dict:
+  """Runs (or resumes) training to exp.train.steps; returns the final metrics.
+
+  Nothing in RUN is written before the run is accepted: the mesh and batch fit, the inputs are the
+  ones the run recorded (train/identity.py; allow_other_data: other data or f-grams on purpose),
+  and RUN is not in use by another process (an exclusive lock, held until this call returns)."""
   mesh = parallel.make_mesh(exp.mesh)
   trainer = make_trainer(exp, mesh)
   acct = exp.accounting(trainer.abstract_params, jax.process_count(), trainer.batch_devices)
@@ -90,9 +98,17 @@ def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = No
     _log(line, quiet)
   _log(f"mesh: {dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)", quiet)
 
+  check_output(workdir, "run", flag="--workdir", inputs=exp.input_dirs())
+  current = exp.identity()
+  identity.check(workdir, current, exp.identity_sources(), allow_other_data=allow_other_data)
+  with identity.run_lock(workdir):
+    return _train(exp, workdir, mesh, trainer, acct, current, quiet=quiet, stop_after=stop_after)
+
+
+def _train(exp, workdir: str, mesh, trainer, acct, current: dict, *, quiet: bool, stop_after: int | None) -> dict:
+  cfg, dcfg = exp.train, exp.data
   data_iter = iter(pipeline.make_dataset(exp.pipeline_spec("train", batch_devices=trainer.batch_devices)))
   ckpt = Checkpoints(workdir, cfg)
-  experiment.save_operative_config(workdir)
   start = ckpt.latest_step()
   if start is not None:
     state = ckpt.restore(start, trainer.abstract_state(), data_iter)
@@ -100,6 +116,10 @@ def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = No
   else:
     state = trainer.init()
     start = 0
+  # Accepted: only now is the run's record rewritten (a refused resume leaves RUN as it was).
+  experiment.save_operative_config(workdir)
+  if jax.process_index() == 0:
+    identity.write(workdir, current)
   writer = M.MetricsWriter(workdir)
   peak, peak_src = M.peak_flops()
   _log(f"peak: {peak / 1e9:,.1f} GFLOP/s ({peak_src})", quiet)
@@ -171,8 +191,13 @@ def _check_finite(cfg, m: dict, step: int, ckpt) -> None:
   loss, gnorm = float(m["loss"]), float(m["grad_norm"])
   if not (math.isfinite(loss) and math.isfinite(gnorm)):
     ckpt.wait()
-    raise UserError(f"non-finite loss {loss} (grad norm {gnorm}) at step {step}; the last good checkpoint "
-                    f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}; lower the learning rate, or "
+    good = ckpt.latest_step()
+    kept = (f"the last good checkpoint (step {good}) is kept in {ckpt.directory}" if good is not None
+            else "no checkpoint was written before it")
+    if step == 1:   # the very first step: the model has not moved yet, so the input is the suspect
+      raise UserError(f"non-finite loss {loss} (grad norm {gnorm}) at the first step, before any update: check "
+                      "the data (`scone-jax prepare` verifies token ids) and ModelConfig (dtype, init_std)")
+    raise UserError(f"non-finite loss {loss} (grad norm {gnorm}) at step {step}; {kept}; lower the learning rate, or "
                     "set TrainConfig.skip_nonfinite_updates=True, and resume")
 
 

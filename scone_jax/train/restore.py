@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 from scone_jax import experiment, parallel
 from scone_jax.config import MeshConfig
 from scone_jax.errors import UserError
+from scone_jax.train import identity
 from scone_jax.train.checkpoint import Checkpoints
 from scone_jax.train.state import Trainer, make_trainer
 
@@ -32,14 +33,18 @@ class LoadedRun:
 
 
 def load_run(workdir: str, *, step: int | None = None, devices=None, data_dir: str | None = None,
-             mesh_config: MeshConfig | None = None) -> LoadedRun:
+             mesh_config: MeshConfig | None = None, allow_other_data: bool = False) -> LoadedRun:
   """Restores RUN's checkpoint. devices: where the parameters go (default: all); mesh_config:
   the mesh over them (default: the run's own mesh when it fits those devices, else pure data
-  parallelism)."""
+  parallelism). The run's inputs must be the ones it recorded (train/identity.py): data_dir
+  (another corpus on purpose) may differ in its data but not in its tokenizer; allow_other_data
+  also lets the run's own DATA_DIR or f-gram file have changed."""
   config_path = os.path.join(workdir, "config.gin")
   if not os.path.isfile(config_path):
     raise UserError(f"{config_path!r} does not exist: --workdir must be a run directory written by `scone-jax train`")
   exp = experiment.load([config_path], [], data_dir=data_dir)
+  identity.check(workdir, exp.identity(), exp.identity_sources(), allow_other_data=allow_other_data,
+                 skip=("data_fingerprint",) if data_dir else ())
   devices = list(devices if devices is not None else jax.devices())
   if mesh_config is None:
     mesh_config = exp.mesh
