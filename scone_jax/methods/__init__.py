@@ -4,21 +4,36 @@
   scone       SCONE f-gram embeddings from A_f, offloaded table   (methods/scone.py)
   ngram_hash  LongCat hashed n-gram tables averaged into e        (methods/ngram_hash.py)
   stem        STEM token-indexed FFN up-projection                (methods/stem.py)
-The interface is methods/base.py. A new method is one module here, one entry in REGISTRY, one gin
-overlay in experiments/methods/ and one test (WORKSPACE.md, "How to add an embedding method").
+The interface is methods/base.py. Every module of this package is imported here and every
+`Method` subclass with a `name` is registered, so a new method is one module in this package,
+one gin overlay in experiments/methods/ and one test (WORKSPACE.md, "How to add an embedding
+method"): nothing else is edited.
 """
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from scone_jax.config import DataConfig, ModelConfig
 from scone_jax.data.shards import DataMeta
 from scone_jax.errors import UserError
 from scone_jax.methods.base import Method
-from scone_jax.methods.ngram_hash import NgramHash
-from scone_jax.methods.scone import Scone
-from scone_jax.methods.stem import Stem
-from scone_jax.methods.token import Token
 
-REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Token, Scone, NgramHash, Stem)}
+
+def _registry() -> dict[str, type[Method]]:
+  for module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{module.name}")   # registers its gin configurables too
+  found: dict[str, type[Method]] = {}
+  pending = list(Method.__subclasses__())
+  while pending:
+    cls = pending.pop()
+    pending.extend(cls.__subclasses__())
+    if cls.name:
+      assert found.setdefault(cls.name, cls) is cls, f"two methods named {cls.name!r}"
+  return dict(sorted(found.items()))
+
+
+REGISTRY: dict[str, type[Method]] = _registry()
 
 
 def resolve(model: ModelConfig, data: DataConfig, meta: DataMeta, *, planned: bool = False) -> Method:
@@ -29,4 +44,4 @@ def resolve(model: ModelConfig, data: DataConfig, meta: DataMeta, *, planned: bo
   return cls.resolve(model, data, meta, planned=planned)
 
 
-__all__ = ["REGISTRY", "Method", "NgramHash", "Scone", "Stem", "Token", "resolve"]
+__all__ = ["REGISTRY", "Method", "resolve"]
