@@ -163,3 +163,24 @@ def test_a_checkpoint_step_without_a_complete_hash_record_is_not_restored(store_
   assert "has no hash record" in capsys.readouterr().err
   assert main(["eval", "--workdir", workdir, "--max_batches", "1", "--step", "2"]) == 0   # step 2 is fine
   assert dataclasses.is_dataclass(shards.DataMeta)
+
+
+def test_an_unreachable_bucket_is_a_one_line_error_not_a_hang(monkeypatch):
+  """A server on loopback that accepts connections and never answers stands in for a bucket that
+  cannot be reached; the store open gives up after the remote timeout with one line."""
+  import socket
+  import time
+
+  from scone_jax.export import layout as L
+  silent = socket.socket()
+  silent.bind(("127.0.0.1", 0))
+  silent.listen(8)
+  try:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{silent.getsockname()[1]}")
+    monkeypatch.setattr(L, "REMOTE_TIMEOUT_S", 2.0)
+    t0 = time.time()
+    with pytest.raises(UserError, match="did not answer within 2 s"):
+      open_store("gs://scone-jax-test-bucket/store/", "remote")
+    assert time.time() - t0 < 30
+  finally:
+    silent.close()

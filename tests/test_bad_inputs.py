@@ -44,10 +44,13 @@ def env(tmp_path_factory):
   (root / "blank" / "w2.txt").write_text(" \n")
   (root / "full").mkdir()
   (root / "full" / "x").write_text("x")
+  import shutil
   # A run with a checkpoint, and a run directory without one.
   run = str(root / "run")
   assert main(["train", "--gin_file", "models/tiny.gin", "--gin_file", "runs/cpu.gin", *[f"--gin.{b.replace(' = ', '=')}" for b in tiny_bindings(data, 1)],
                "--workdir", run, "--quiet"]) == 0
+  shutil.copytree(run, root / "run_stray")   # with an empty directory where a checkpoint step would be
+  os.makedirs(root / "run_stray" / "checkpoints" / "99")
   os.makedirs(root / "run_no_ckpt")
   with open(root / "run_no_ckpt" / "config.gin", "w") as f:
     f.write(open(os.path.join(run, "config.gin")).read())
@@ -143,6 +146,12 @@ ROWS = [
     ("export-out-inside-its-run", lambda e: ["export", "--workdir", e["run"], "--out", f"{e['run']}/store"], "lies inside the input --workdir", None),
     ("export-rows-per-shard-negative", lambda e: ["export", "--workdir", e["run"], "--out", f"{e['root']}/s4", "--rows_per_shard", "-4"], "--rows_per_shard", "s4"),
     ("generate-temperature-nan", lambda e: ["generate", "--workdir", e["run"], "--prompt", "x", "--temperature", "nan"], "not a finite number", None),
+    ("generate-prompt-not-utf8", lambda e: ["generate", "--workdir", e["run"], "--prompt", "ab\udcff"], "not valid UTF-8", None),
+    ("eval-stray-empty-step-directory", lambda e: ["eval", "--workdir", f"{e['root']}/run_stray"], "is empty (a stray directory", None),
+    ("eval-max-batches-not-a-number", lambda e: ["eval", "--workdir", e["run"], "--max_batches", "x"], "not a whole number", None),
+    ("train-grad-clip-negative", lambda e: _train(e, "--gin.TrainConfig.grad_clip=-1.0"), "grad_clip=-1.0 must be >= 0", "out_train"),
+    ("train-fgram-layers-0", lambda e: _train(e, "--gin_file", "methods/scone.gin", f"--gin.FGRAM_DIR='{e['root']}/fg'", "--gin.FgramConfig.num_layers=0"), "num_layers=0 must be >= 1", "out_train"),
+    ("train-seq-len-1", lambda e: _train(e, "--gin.DataConfig.seq_len=1"), "seq_len=1 must be >= 2", "out_train"),
     ("generate-cache-mb-negative", lambda e: ["generate", "--workdir", e["run"], "--prompt", "x", "--cache_mb", "-1"], "--cache_mb", None),
 ]
 

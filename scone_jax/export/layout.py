@@ -81,14 +81,27 @@ def child(spec: dict, name: str) -> dict:
   return {**spec, "path": spec.get("path", "") + name.rstrip("/") + "/"}
 
 
+REMOTE_TIMEOUT_S = float(os.environ.get("SCONE_JAX_REMOTE_TIMEOUT", "120"))
+
+
+def wait(future, url: str, what: str):
+  """future.result(), but a store that does not answer within REMOTE_TIMEOUT_S (an unreachable
+  bucket, missing credentials, a dead network) is a one-line UserError instead of a hang."""
+  try:
+    return future.result(timeout=REMOTE_TIMEOUT_S)
+  except TimeoutError:
+    raise UserError(f"store {url!r} did not answer within {REMOTE_TIMEOUT_S:.0f} s ({what}): check the URL, the "
+                    "network and the credentials (SCONE_JAX_REMOTE_TIMEOUT sets the limit in seconds)") from None
+
+
 def open_root(url: str):
   """The store's root as a tensorstore KvStore (keys relative to the root)."""
-  return ts.KvStore.open(kvstore_spec(url), context=shared_context()).result()
+  return wait(ts.KvStore.open(kvstore_spec(url), context=shared_context()), url, "opening it")
 
 
 def read_json(kv, key: str):
   """The JSON value at `key`, or None if there is no such key."""
-  r = kv.read(key).result()
+  r = wait(kv.read(key), kv.url if hasattr(kv, "url") else str(key), f"reading {key}")
   if r.state != "value":
     return None
   return json.loads(bytes(r.value).decode())
@@ -201,7 +214,8 @@ def open_arrays(url: str, names, *, context=None, read_only: bool = False) -> di
     if read_only:
       spec.update(recheck_cached_data="open", recheck_cached_metadata="open", fill_missing_data_reads=False)
     try:
-      out[name] = ts.open(spec, context=context or shared_context(), read=True, write=not read_only).result()
+      out[name] = wait(ts.open(spec, context=context or shared_context(), read=True, write=not read_only), url,
+                       f"opening array {name}")
     except ValueError as e:
       raise UserError(f"store {url!r}: cannot open array {name!r} ({' '.join(str(e).split())})") from e
   return out

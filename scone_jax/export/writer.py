@@ -175,7 +175,7 @@ def export_table(url: str, layout: L.Layout, tokens: np.ndarray, lengths: np.nda
   existing = M.read(kv, url)
   progress_config = L.read_json(kv, L.PROGRESS_CONFIG)
   ours = existing is not None or progress_config is not None
-  if not ours and kv.list().result():
+  if not ours and L.wait(kv.list(), url, "listing it"):
     raise UserError(f"store {url!r} is not empty and holds no scone-jax export: pick an empty or new --out")
   _barrier("export-inspect")
   if restart and ours:

@@ -64,6 +64,11 @@ def load_decoder(workdir: str, *, store: str | None = "none", tier: str = "ram",
 
 
 def run(args) -> int:
+  for text in args.prompt:
+    try:
+      text.encode("utf-8")
+    except UnicodeEncodeError as e:   # bytes that are not UTF-8 reach argv as surrogates
+      raise UserError(f"--prompt {text!r} is not valid UTF-8 (at character {e.start}); pass UTF-8 text") from None
   sampling = Sampling(args.temperature, args.top_k, args.top_p).validate()
   decoder, run_ = load_decoder(args.workdir, store=args.store, tier=args.tier, sampling=sampling, seed=args.seed,
                                step=args.step, data_dir=args.data, cache_bytes=args.cache_mb << 20,

@@ -75,7 +75,7 @@ class Checked:
 
   def result(self):
     try:
-      return self._pending.result()
+      return L.wait(self._pending, self._url, "reading rows")
     except ValueError as e:
       raise UserError(f"store {self._url!r}: a chunk could not be read ({' '.join(str(e).split())[:200]}); "
                       "the store is corrupted: re-export it with `scone-jax export --restart`") from e

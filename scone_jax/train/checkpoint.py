@@ -65,7 +65,7 @@ class Checkpoints:
         os.remove(os.path.join(self._hash_dir(), name))
     for step in steps:
       path = os.path.join(self._hash_dir(), f"{step}.json")
-      if not os.path.exists(path):
+      if not os.path.exists(path) and os.listdir(os.path.join(self.directory, str(step))):   # never an empty record
         atomic_write_json(path, self._file_hashes(step), indent=1, sort_keys=True)
 
   def verify(self, step: int) -> None:
@@ -75,6 +75,10 @@ class Checkpoints:
     path = os.path.join(self._hash_dir(), f"{step}.json")
     if not self.hashes:
       return
+    step_dir = os.path.join(self.directory, str(step))
+    if not any(files for _, _, files in os.walk(step_dir)):
+      raise UserError(f"checkpoint step {step} in {self.directory!r} is empty (a stray directory, not a checkpoint): "
+                      f"delete {step_dir} to use the step before it")
     if not os.path.exists(path):
       if not self.read_only:
         self.seal()
