@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import math
 import os
+import select
+import signal
+import sys
+import threading
+import time
 from typing import Sequence
 
 import jax
@@ -136,10 +141,13 @@ def check_divisible(shape: Sequence[int], names: Sequence[str | None], mesh: Mes
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, *, heartbeat_timeout_seconds: int = 100) -> None:
+                           process_id: int | None = None, *, heartbeat_timeout_seconds: int = 100,
+                           startup_timeout_seconds: int = 300, command: str = "train") -> None:
   """Starts jax.distributed from flags, or auto-detects Cloud TPU / SLURM; no-op for one process.
 
-  On CPU the cross-process collectives go through gloo."""
+  On CPU the cross-process collectives go through gloo. Start-up never hangs silently: while the
+  processes find each other a line says so every 30 s; after startup_timeout_seconds, or on
+  Ctrl-C / SIGTERM, the process stops with one line (see _StartupWatch)."""
   explicit = coordinator_address is not None or num_processes is not None or process_id is not None
   on_cluster = "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
   on_tpu_pod = "TPU_WORKER_HOSTNAMES" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
@@ -151,5 +159,66 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   # A dead peer is noticed by missed heartbeats; every other process then stops with an error
   # instead of waiting forever in a collective.
-  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id, heartbeat_timeout_seconds=heartbeat_timeout_seconds)
+  where = coordinator_address or "the auto-detected coordinator"
+  with _StartupWatch(startup_timeout_seconds, f"scone-jax {command}", where, num_processes):
+    # jax's own limit is later than ours: it aborts the process from C++ with a stack trace.
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id, heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+                               initialization_timeout=startup_timeout_seconds + 60)
+
+
+class _StartupWatch:
+  """Watches jax.distributed.initialize, which blocks in C++: Python signal handlers cannot run
+  until it returns, and its own time-out aborts the process with a stack trace. Python's C-level
+  handler still writes every signal to the wakeup fd (signal.set_wakeup_fd) from whichever thread
+  takes it, so this watcher thread sees Ctrl-C and SIGTERM at once and stops the process with
+  "interrupted"; past the time-out it stops with one line naming the coordinator; every 30 s it
+  says it is still waiting."""
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+  def __init__(self, timeout_s: float, prog: str, where: str, processes: int | None):
+    self.timeout_s, self.prog, self.where, self.processes = timeout_s, prog, where, processes
+    self._done = threading.Event()
+
+  def __enter__(self):
+    self._read, self._write = os.pipe()
+    os.set_blocking(self._write, False)
+    self._old_fd = signal.set_wakeup_fd(self._write)
+    self._old = {}
+    for sig in self.SIGNALS:   # through Python's handler (so through the wakeup fd); ignored stays ignored
+      if signal.getsignal(sig) not in (signal.SIG_IGN, None):
+        self._old[sig] = signal.signal(sig, lambda *_: None)
+    self._thread = threading.Thread(target=self._watch, name="startup-watch", daemon=True)
+    self._thread.start()
+    return self
+
+  def _stop(self, code: int, message: str) -> None:
+    print(f"{self.prog}: {message}", file=sys.stderr, flush=True)
+    os._exit(code)   # the main thread is inside C++; nothing of ours is half-written yet
+
+  def _watch(self) -> None:
+    start = time.monotonic()
+    next_note = start + 30
+    while not self._done.is_set():
+      ready, _, _ = select.select([self._read], [], [], 0.5)
+      if ready and any(b in {int(s) for s in self.SIGNALS} for b in os.read(self._read, 64)):
+        self._stop(130, f"interrupted while waiting for the other processes at {self.where}")
+      now = time.monotonic()
+      if now - start > self.timeout_s:
+        self._stop(2, f"error: the {self.processes or 'other'} processes did not all reach the coordinator "
+                      f"{self.where} within {self.timeout_s:.0f} s: start every process (check "
+                      "--coordinator_address, --num_processes, --process_id), or raise --startup_timeout_seconds")
+      if now >= next_note:
+        print(f"{self.prog}: waiting for the other processes at {self.where} ({now - start:.0f} s of "
+              f"{self.timeout_s:.0f} s)", file=sys.stderr, flush=True)
+        next_note = now + 30
+
+  def __exit__(self, *exc):
+    self._done.set()
+    self._thread.join()
+    signal.set_wakeup_fd(self._old_fd)
+    for sig, handler in self._old.items():
+      signal.signal(sig, handler)
+    os.close(self._read)
+    os.close(self._write)

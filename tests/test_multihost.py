@@ -107,3 +107,23 @@ def test_a_killed_process_stops_the_others_with_an_error(tmp_path, victim):
       if p.poll() is None:
         p.kill()
         p.wait()
+
+
+@pytest.mark.slow
+def test_start_up_never_hangs_silently(tmp_path):
+  """A process whose peers never come stops after --startup_timeout_seconds with one line, and
+  Ctrl-C while it waits stops it at once (jax.distributed.initialize blocks in C++)."""
+  import signal
+  data_dir = make_data(str(tmp_path / "data"))[0]
+  env = {**os.environ, "XLA_FLAGS": parallel.fake_cpu_devices_flags(4), "JAX_PLATFORMS": "cpu"}
+  for process_id, stop in ((1, "timeout"), (0, "timeout"), (1, signal.SIGINT), (0, signal.SIGTERM)):
+    cmd = _train_cmd(data_dir, str(tmp_path / f"run{process_id}"), "--coordinator_address", f"127.0.0.1:{free_port()}",
+                     "--num_processes", "2", "--process_id", str(process_id), "--startup_timeout_seconds", "8")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if stop != "timeout":
+      time.sleep(6)   # inside initialize (imports take a few seconds), before the 8 s limit
+      proc.send_signal(stop)
+    err = proc.communicate(timeout=120)[1].strip().splitlines()
+    want = (2, "did not all reach the coordinator") if stop == "timeout" else (130, "interrupted while waiting")
+    assert proc.returncode == want[0] and len(err) == 1 and want[1] in err[0], (process_id, stop, proc.returncode, err)
+    assert not os.path.exists(tmp_path / f"run{process_id}"), "nothing written before the processes met"

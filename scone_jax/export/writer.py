@@ -56,12 +56,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  help="use the run although its DATA_DIR or f-gram file changed since it trained (on purpose)")
   p.add_argument("--progress", action="store_true", help="show progress even when stderr is not a TTY")
   p.add_argument("--coordinator_address", default=None, help="multi-host: HOST:PORT of process 0")
-  p.add_argument("--num_processes", type=int, default=None)
-  p.add_argument("--process_id", type=int, default=None)
+  p.add_argument("--num_processes", type=flag_range(1), default=None)
+  p.add_argument("--process_id", type=flag_range(0), default=None)
+  p.add_argument("--startup_timeout_seconds", type=flag_range(1), default=300,
+                 help="multi-host: stop with an error if the processes have not all met by then")
 
 
 def run(args) -> int:
-  parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+  parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                                  startup_timeout_seconds=args.startup_timeout_seconds, command="export")
   with run_identity.run_lock(args.workdir, shared=True):   # no training of this run meanwhile
     return _export(args)
 

@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--process_id", type=flag_range(0), default=None)
   p.add_argument("--heartbeat_timeout_seconds", type=flag_range(1), default=100,
                  help="multi-host: a process silent this long is declared dead and every other process stops")
+  p.add_argument("--startup_timeout_seconds", type=flag_range(1), default=300,
+                 help="multi-host: stop with an error if the processes have not all met by then")
   p.add_argument("--quiet", action="store_true", help="print only the final summary")
   p.add_argument("--allow_other_data", action="store_true",
                  help="resume on other data or f-grams than the run recorded (e.g. fine-tuning), on purpose")
@@ -51,7 +53,8 @@ def _log(msg: str, quiet: bool = False) -> None:
 
 def run(args) -> int:
   parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
-                                  heartbeat_timeout_seconds=args.heartbeat_timeout_seconds)
+                                  heartbeat_timeout_seconds=args.heartbeat_timeout_seconds,
+                                  startup_timeout_seconds=args.startup_timeout_seconds, command="train")
   exp = experiment.load(args.gin_file, bindings_from_flags(args.extra))
   summary = train(exp, args.workdir, quiet=args.quiet, stop_after=args.stop_after_steps,
                   allow_other_data=args.allow_other_data)
