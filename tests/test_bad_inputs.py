@@ -14,7 +14,7 @@ from tests.helpers import make_data, tiny_bindings
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, tiny_scone_run):
   root = tmp_path_factory.mktemp("bad")
   data, _ = make_data(str(root / "data"), docs=80)
   other, _ = make_data(str(root / "other"), docs=80, seed=5)
@@ -67,7 +67,62 @@ def env(tmp_path_factory):
   shutil.copytree(root / "fg", root / "fg_corrupt")
   with open(root / "fg_corrupt" / "fgrams.parquet", "ab") as f:
     f.write(b"tampered")
-  return {"root": str(root), "data": data, "other": other, "run": run}
+  _broken_artifacts(root, data, tiny_scone_run)
+  return {"root": str(root), "data": data, "other": other, "run": run, "scone_run": tiny_scone_run["workdir"]}
+
+
+def _broken_artifacts(root, data, scone):
+  """Artifacts that are inconsistent in one way each (issue 15: every artifact is a closed set)."""
+  import dataclasses
+  import json
+  import shutil
+
+  import numpy as np
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  from scone_jax.data import shards
+  from scone_jax.fgram import vocab as fgram_vocab
+  from scone_jax.integrity import file_sha256
+
+  def copy(name):
+    shutil.copytree(data, root / name)
+    return root / name
+
+  def meta(path, edit):
+    raw = json.load(open(path / "meta.json"))
+    edit(raw)
+    json.dump(raw, open(path / "meta.json", "w"))
+
+  os.remove(copy("no_train_shard") / shards.shard_name("train", 1, 2))
+  os.remove(copy("no_validation_shard") / shards.shard_name("validation", 0, 2))
+  oov = copy("oov")   # one token id past the vocabulary, with a consistent recorded hash
+  shard = oov / shards.shard_name("train", 0, 2)
+  reader = shards.ArrayRecordReader(str(shard))
+  docs = [np.frombuffer(r, "<i4").copy() for r in reader.read(list(range(reader.num_records())))]
+  reader.close()
+  docs[0][0] = 64
+  os.remove(shard)
+  writer = shards.ArrayRecordWriter(str(shard), shards.WRITER_OPTIONS)
+  for d in docs:
+    writer.write(shards.encode_document(d))
+  writer.close()
+  meta(oov, lambda raw: raw["extra"]["shard_sha256"].update({shard.name: file_sha256(str(shard))}))
+  legacy = copy("legacy_truncated")   # written before hashes were recorded, then cut short
+  meta(legacy, lambda raw: raw["extra"].pop("shard_sha256"))
+  cut = legacy / shards.shard_name("train", 0, 2)
+  cut.write_bytes(cut.read_bytes()[:cut.stat().st_size // 2])
+  good = fgram_vocab.load(str(root / "fg"))
+  unclosed = fgram_vocab.FgramVocab.from_tuples([(5, 6, 7)], [9], dataclasses.replace(good.meta, min_count=1))
+  fgram_vocab.save(unclosed, str(root / "fg_unclosed"))   # (5, 6, 7) without its suffix (6, 7)
+  nocount = root / "fg_nocount"
+  shutil.copytree(root / "fg", nocount)
+  table = pq.read_table(nocount / "fgrams.parquet")
+  pq.write_table(pa.table({"tokens": table.column("tokens")}), nocount / "fgrams.parquet")
+  meta(nocount, lambda raw: raw.update(parquet_sha256=file_sha256(str(nocount / "fgrams.parquet")), meta_sha256=""))
+  store = root / "store_missing_chunk"
+  shutil.copytree(scone["store"], store)
+  os.remove(store / "embeddings" / "c" / "1" / "0")
 
 
 def _train(e, *extra, data=None):
@@ -146,6 +201,16 @@ ROWS = [
     ("export-out-inside-its-run", lambda e: ["export", "--workdir", e["run"], "--out", f"{e['run']}/store"], "lies inside the input --workdir", None),
     ("export-rows-per-shard-negative", lambda e: ["export", "--workdir", e["run"], "--out", f"{e['root']}/s4", "--rows_per_shard", "-4"], "--rows_per_shard", "s4"),
     ("generate-temperature-nan", lambda e: ["generate", "--workdir", e["run"], "--prompt", "x", "--temperature", "nan"], "not a finite number", None),
+    ("train-a-train-shard-deleted", lambda e: _train(e, data=f"{e['root']}/no_train_shard"), "is missing (1 of the 2 train shards", "out_train"),
+    ("fgrams-build-a-train-shard-deleted", lambda e: ["fgrams", "build", "--data", f"{e['root']}/no_train_shard", "--max_n", "3", "--size", "10", "--out", f"{e['root']}/f6"], "is missing", "f6"),
+    ("eval-a-validation-shard-deleted", lambda e: ["eval", "--workdir", e["run"], "--data", f"{e['root']}/no_validation_shard"], "is missing (1 of the 2 validation shards", None),
+    ("train-token-id-outside-the-vocabulary", lambda e: _train(e, data=f"{e['root']}/oov"), "outside the vocabulary of 64", "out_train"),
+    ("train-legacy-shard-truncated", lambda e: _train(e, data=f"{e['root']}/legacy_truncated"), "cannot be read as a token shard", "out_train"),
+    ("train-fgrams-not-closed-under-suffixes", lambda e: _train(e, "--gin_file", "methods/scone.gin", f"--gin.FGRAM_DIR='{e['root']}/fg_unclosed'"), "cannot be matched", "out_train"),
+    ("fgrams-match-fgrams-not-closed-under-suffixes", lambda e: ["fgrams", "match", f"{e['root']}/fg_unclosed", "--data", e["data"], "--split", "validation"], "cannot be matched", None),
+    ("train-fgrams-parquet-without-count", lambda e: _train(e, "--gin_file", "methods/scone.gin", f"--gin.FGRAM_DIR='{e['root']}/fg_nocount'"), "columns tokens and count", "out_train"),
+    ("eval-store-with-a-missing-chunk", lambda e: ["eval", "--workdir", e["scone_run"], "--store", f"{e['root']}/store_missing_chunk", "--tier", "ram"], "is missing", None),
+    ("generate-store-with-a-missing-chunk", lambda e: ["generate", "--workdir", e["scone_run"], "--store", f"{e['root']}/store_missing_chunk", "--tier", "ram", "--prompt", "the cat"], "is missing", None),
     ("generate-prompt-not-utf8", lambda e: ["generate", "--workdir", e["run"], "--prompt", "ab\udcff"], "not valid UTF-8", None),
     ("eval-stray-empty-step-directory", lambda e: ["eval", "--workdir", f"{e['root']}/run_stray"], "is empty (a stray directory", None),
     ("eval-max-batches-not-a-number", lambda e: ["eval", "--workdir", e["run"], "--max_batches", "x"], "not a whole number", None),

@@ -150,17 +150,25 @@ class ShardWriter:
 
 
 def _max_id(path: str) -> int:
-  reader = ArrayRecordReader(path)
+  """The largest token id in a shard, reading every record (a shard that cannot be read whole,
+  truncated or corrupted, is a UserError)."""
   try:
-    n, largest = reader.num_records(), -1
-    for start in range(0, n, 1024):
-      for record in reader.read(list(range(start, min(n, start + 1024)))):
-        doc = decode_document(record)
-        if doc.size:
-          largest = max(largest, int(doc.max()))
-    return largest
-  finally:
-    reader.close()
+    reader = ArrayRecordReader(path)
+    try:
+      n, largest = reader.num_records(), -1
+      for start in range(0, n, 1024):
+        for record in reader.read(list(range(start, min(n, start + 1024)))):
+          if len(record) % 4:
+            raise RuntimeError(f"a record of {len(record)} bytes is not int32 token ids")
+          doc = decode_document(record)
+          if doc.size:
+            largest = max(largest, int(doc.max()))
+      return largest
+    finally:
+      reader.close()
+  except RuntimeError as e:
+    raise UserError(f"{path!r} cannot be read as a token shard (truncated or corrupted: "
+                    f"{' '.join(str(e).split())[:120] or type(e).__name__}); re-run `scone-jax prepare`") from e
 
 
 def read_documents(data_dir: str, split: str) -> Iterator[np.ndarray]:
@@ -190,7 +198,13 @@ def verify_shards(data_dir: str, splits: tuple[str, ...] = SPLITS) -> None:
   recorded (no `shard_sha256`) are accepted as they are."""
   meta = load_meta(data_dir)
   recorded = meta.extra.get("shard_sha256")
-  if not recorded:
+  if not recorded:   # written before hashes were recorded: every record is read and decoded once
+    for split in splits:
+      for path in shard_paths(data_dir, split) if meta.num_documents.get(split) else []:
+        largest = _max_id(path)
+        if largest >= meta.vocab_size:
+          raise UserError(f"{path!r} holds token id {largest}, outside the vocabulary of {meta.vocab_size} "
+                          f"({data_dir}/meta.json): re-run `scone-jax prepare`")
     return
   max_ids = meta.extra.get("shard_max_id", {})
   for split in splits:

@@ -74,9 +74,17 @@ def run_lock(workdir: str, *, shared: bool = False):
 
 @contextlib.contextmanager
 def _mapped_lock(workdir: str, shared: bool):
+  created = not os.path.exists(workdir)
   try:
     with directory_lock(workdir, shared=shared):
-      yield
+      try:
+        yield
+      except BaseException:
+        # A new run that failed before writing anything leaves no directory behind (only the lock).
+        if created and os.listdir(workdir) == [".lock"]:
+          os.remove(os.path.join(workdir, ".lock"))
+          os.rmdir(workdir)
+        raise
   except Locked as e:
     raise UserError(f"run directory {workdir!r} is in use by another process (a `scone-jax train` or `export` "
                     f"of it; {e.path} last taken by pid {e.holder}): wait for it to end or pick another --workdir") from None
