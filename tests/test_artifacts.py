@@ -148,6 +148,7 @@ def test_store_metadata_must_match_its_manifest(store_copy):
     open_store(url, "disk")
 
 
+@pytest.mark.slow   # three evaluations in-process: keeps `make test-fast` under its 3 minutes
 def test_a_checkpoint_step_without_a_complete_hash_record_is_not_restored(store_copy, capsys):
   run, tmp = store_copy
   workdir = str(tmp / "run")
