@@ -72,8 +72,8 @@ class Experiment:
 
 
 def parse(gin_files: list[str], bindings: list[str]) -> None:
-  """gin parsing with every method's configurables registered (they live in scone_jax.methods)."""
-  assert methods.REGISTRY
+  """gin parsing with every method's configurables registered (importing scone_jax.methods, at the
+  top of this module, registers them)."""
   C.parse_gin(gin_files, bindings)
 
 

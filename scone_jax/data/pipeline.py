@@ -75,8 +75,8 @@ def _finish_row(row: Row) -> Row:
           "segment_ids": seg, "positions": np.where(seg > 0, segment_positions(seg), 0).astype(np.int32)}
 
 
-def _stream(spec: PipelineSpec, meta: shards.DataMeta, stream: int) -> grain.IterDataset:
-  source = grain.sources.ArrayRecordDataSource(shards.shard_paths(spec.data_dir, spec.split))
+def _stream(spec: PipelineSpec, meta: shards.DataMeta, paths: list[str], stream: int) -> grain.IterDataset:
+  source = grain.sources.ArrayRecordDataSource(paths)
   ds = grain.MapDataset.source(source)
   if spec.shuffle:
     ds = ds.shuffle(seed=spec.seed).repeat(None)
@@ -97,7 +97,8 @@ def _stack(rows: Sequence[Row]) -> Row:
 def make_dataset(spec: PipelineSpec) -> grain.IterDataset:
   """This process's part of every global batch: dict of int32 [global_batch/P, seq_len]."""
   meta = shards.load_meta(spec.data_dir)
-  streams = [_stream(spec, meta, s) for s in spec.local_streams]
+  paths = shards.shard_paths(spec.data_dir, spec.split)   # checked once, not once per stream
+  streams = [_stream(spec, meta, paths, s) for s in spec.local_streams]
   ds = grain.experimental.ZipIterDataset(streams, strict=False).map(_stack)
   for fn in spec.batch_features:
     ds = ds.map(fn)
@@ -119,7 +120,8 @@ def eval_batches(spec: PipelineSpec) -> Iterator[Row]:
   """One ordered pass over a split, padded with empty rows up to eval_num_batches."""
   assert not spec.shuffle
   meta = shards.load_meta(spec.data_dir)
-  iters = [iter(_stream(spec, meta, s)) for s in spec.local_streams]
+  paths = shards.shard_paths(spec.data_dir, spec.split)
+  iters = [iter(_stream(spec, meta, paths, s)) for s in spec.local_streams]
   empty = None
   for _ in range(eval_num_batches(spec)):
     rows = []
