@@ -26,6 +26,9 @@ COMMANDS: dict[str, object] = {
     "compile": ("scone_jax.train.aot", "AOT-compile the train step for a TPU topology"),
     "export": ("scone_jax.export.writer", "precompute the f-gram table into a zarr store"),
     "generate": ("scone_jax.serve.generate", "decode from a trained run"),
+    "store": {
+        "verify": ("scone_jax.serve.verify", "read a store once and check every block against its hash"),
+    },
     "sweep": ("scone_jax.sweep", "sweep |V_f|, A_f size and K; collect a results table"),
     "demo": ("scone_jax.demo", "the end-to-end demo on the embedded corpus"),
     "compare": ("scone_jax.compare", "baseline, SCONE, n-gram hash and STEM on equal terms: one table and plot"),

@@ -10,7 +10,7 @@ import pytest
 
 from scone_jax.cli import main
 from scone_jax.fgram.build import build
-from tests.helpers import make_data, tiny_bindings
+from tests.helpers import free_port, make_data, tiny_bindings
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,11 @@ def _broken_artifacts(root, data, scone):
   store = root / "store_missing_chunk"
   shutil.copytree(scone["store"], store)
   os.remove(store / "embeddings" / "c" / "1" / "0")
+  import tensorstore as ts
+  rewritten = root / "store_rewritten_block"   # block 1 holds other rows, every crc32c valid
+  shutil.copytree(scone["store"], rewritten)
+  array = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(rewritten / "embeddings")}}).result()
+  array[64:128].write(array[64:128].read().result()[::-1].copy()).result()
 
 
 def _train(e, *extra, data=None):
@@ -211,6 +216,8 @@ ROWS = [
     ("train-fgrams-parquet-without-count", lambda e: _train(e, "--gin_file", "methods/scone.gin", f"--gin.FGRAM_DIR='{e['root']}/fg_nocount'"), "columns tokens and count", "out_train"),
     ("eval-store-with-a-missing-chunk", lambda e: ["eval", "--workdir", e["scone_run"], "--store", f"{e['root']}/store_missing_chunk", "--tier", "ram"], "is missing", None),
     ("generate-store-with-a-missing-chunk", lambda e: ["generate", "--workdir", e["scone_run"], "--store", f"{e['root']}/store_missing_chunk", "--tier", "ram", "--prompt", "the cat"], "is missing", None),
+    ("store-verify-a-block-rewritten", lambda e: ["store", "verify", f"{e['root']}/store_rewritten_block"], "blocks [1] (1 of 3) do not match their hashes", None),
+    ("store-verify-not-a-store", lambda e: ["store", "verify", f"{e['root']}/text"], "has no manifest.json", None),
     ("generate-prompt-not-utf8", lambda e: ["generate", "--workdir", e["run"], "--prompt", "ab\udcff"], "not valid UTF-8", None),
     ("eval-stray-empty-step-directory", lambda e: ["eval", "--workdir", f"{e['root']}/run_stray"], "is empty (a stray directory", None),
     ("eval-max-batches-not-a-number", lambda e: ["eval", "--workdir", e["run"], "--max_batches", "x"], "not a whole number", None),
@@ -240,23 +247,29 @@ def test_bad_input_gets_a_one_line_error(row, env, capsys):
     assert not os.path.exists(os.path.join(env["root"], absent)) or not os.listdir(os.path.join(env["root"], absent)), name
 
 
+@pytest.mark.parametrize("command", ["fgrams-build", "export"])
 @pytest.mark.parametrize("read_only", [False, True], ids=["disk-full", "read-only-output-dir"])
-def test_disk_full_and_read_only_output(env, tmp_path, capsys, read_only):
+def test_disk_full_and_read_only_output(env, tmp_path, capsys, read_only, command):
   mnt = str(tmp_path / "mnt")
   if not _tiny_fs(mnt, read_only=read_only):
     pytest.skip("mounting a tmpfs needs root")
   try:
-    out = os.path.join(mnt, "fg")
+    out = os.path.join(mnt, "out")
     capsys.readouterr()
-    rc = main(["fgrams", "build", "--data", env["data"], "--max_n", "3", "--size", "40", "--min_count", "2",
-               "--chunk_tokens", "500", "--tmp_dir", mnt, "--out", out])
+    if command == "fgrams-build":
+      rc = main(["fgrams", "build", "--data", env["data"], "--max_n", "3", "--size", "40", "--min_count", "2",
+                 "--chunk_tokens", "500", "--tmp_dir", mnt, "--out", out])
+      finished = os.path.join(out, "meta.json")
+    else:   # the shared run's store is ~80 KB in 14 files: it cannot fit in 64 KiB
+      rc = main(["export", "--workdir", env["scone_run"], "--out", out, "--rows_per_shard", "64"])
+      finished = os.path.join(out, "manifest.json")
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert ("No space left" in err[0] or "space" in err[0]) if not read_only else ("Read-only" in err[0] or "read-only" in err[0] or "writ" in err[0]), err
-    assert not os.path.exists(os.path.join(out, "meta.json"))
+    assert not os.path.exists(finished)   # nothing a later command would accept
     if os.environ.get("SCONE_CATALOGUE"):
       with open(os.environ["SCONE_CATALOGUE"], "a") as f:
-        f.write(json.dumps(["fgrams-build-" + ("read-only-output-dir" if read_only else "disk-full"),
+        f.write(json.dumps([f"{command}-" + ("read-only-output-dir" if read_only else "disk-full"),
                             err[0].replace(str(tmp_path), "…")]) + "\n")
   finally:
     subprocess.run(["umount", mnt], capture_output=True)
@@ -280,3 +293,27 @@ def test_bad_input_from_a_real_shell_is_one_line(name, env):
                                           if k not in ("XLA_FLAGS",)}, cwd=repo)
   err = proc.stderr.strip().splitlines()
   assert proc.returncode == 2 and len(err) == 1 and row[2] in err[0], (name, proc.returncode, err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["store-verify", "generate"])
+def test_unreachable_bucket_from_a_real_shell_is_one_line(command, env, tmp_path):
+  """A gs:// store with no credentials and no answer: tensorstore's native auth log line stays off
+  the screen, the one line says why, and the wait is bounded (SCONE_JAX_REMOTE_TIMEOUT)."""
+  import subprocess
+  import sys
+  import time
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  port = free_port()   # nothing listens there: GCS and the metadata server are both unreachable
+  argv = (["store", "verify", "gs://bucket/store"] if command == "store-verify" else
+          ["generate", "--workdir", env["scone_run"], "--store", "gs://bucket/store", "--tier", "remote", "--prompt", "x"])
+  environ = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "GOOGLE_APPLICATION_CREDENTIALS")}
+  environ.update(PYTHONPATH=repo, HOME=str(tmp_path), SCONE_JAX_REMOTE_TIMEOUT="3",
+                 TENSORSTORE_GCS_HTTP_URL=f"http://127.0.0.1:{port}", GCE_METADATA_ROOT=f"127.0.0.1:{port}")
+  t0 = time.monotonic()
+  proc = subprocess.run([sys.executable, "-m", "scone_jax.cli", *argv], capture_output=True, text=True, timeout=120,
+                        env=environ, cwd=repo)
+  err = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(err) == 1, (proc.returncode, err)
+  assert "did not answer within 3 s" in err[0] and "no Google Cloud credentials were found" in err[0], err
+  assert time.monotonic() - t0 < 60

@@ -1,9 +1,10 @@
 """Fault injection with real processes and real signals: SIGKILL mid-step and mid-checkpoint,
-SIGTERM preemption, non-finite loss, SIGKILL during `fgrams build`."""
+SIGTERM preemption, non-finite loss, SIGKILL and Ctrl-C during `fgrams build`."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,6 @@ from scone_jax import experiment
 from scone_jax.cli import main
 from scone_jax.config import MeshConfig
 from scone_jax.fgram import vocab as fgram_vocab
-from scone_jax.fgram.build import build
 from scone_jax.train import metrics
 from scone_jax.train.checkpoint import Checkpoints
 from scone_jax.train.restore import load_run
@@ -144,24 +144,74 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
     assert np.isfinite(x).all()
 
 
+def _build_argv(data, out, scratch):
+  return [sys.executable, "-m", "scone_jax.cli", "fgrams", "build", "--data", data, "--max_n", "4", "--size", "5000",
+          "--min_count", "2", "--chunk_tokens", "20000", "--tmp_dir", scratch, "--out", out]
+
+
+@pytest.fixture(scope="module")
+def build_case(tmp_path_factory):
+  """A corpus of ~4M tokens (200 chunks), its f-grams built once uninterrupted, and how long that
+  build took as a process: the faults below land at fractions of it, whatever this machine's speed."""
+  root = tmp_path_factory.mktemp("build_faults")
+  data, _ = make_data(str(root / "d"), vocab=500, docs=20000, max_len=400)
+  (root / "scratch").mkdir()
+  t0 = time.monotonic()
+  subprocess.run(_build_argv(data, str(root / "ref"), str(root / "scratch")), env=_env(), cwd=ROOT, check=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  return {"data": data, "ref": fgram_vocab.load(str(root / "ref")), "seconds": time.monotonic() - t0}
+
+
+FRACTIONS = (0.5, 0.65, 0.8, 0.9, 0.97)   # the process's start (imports) takes about the first half
+
+
 @pytest.mark.slow
-def test_sigkill_during_fgrams_build_leaves_nothing_that_looks_complete(tmp_path):
-  data, _ = make_data(str(tmp_path / "d"), vocab=500, docs=4000, max_len=200)
-  ref = build(data, str(tmp_path / "ref"), max_n=4, size=5000, min_count=2)
-  out = str(tmp_path / "fg")
-  for delay in (1.5, 3.0, 4.5):
-    proc = subprocess.Popen([sys.executable, "-m", "scone_jax.cli", "fgrams", "build", "--data", data, "--max_n", "4",
-                             "--size", "5000", "--min_count", "2", "--chunk_tokens", "20000", "--out", out],
-                            env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(delay)
+def test_sigkill_during_fgrams_build_leaves_nothing_that_looks_complete(build_case, tmp_path):
+  data, ref = build_case["data"], build_case["ref"]
+  out, scratch = str(tmp_path / "fg"), str(tmp_path / "scratch")
+  os.makedirs(scratch)
+  for fraction in FRACTIONS:
+    proc = subprocess.Popen(_build_argv(data, out, scratch), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(fraction * build_case["seconds"])
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     if os.path.exists(out):   # finished before the kill: then it must be complete and correct
       got = fgram_vocab.load(out)
       assert got.as_tuples() == ref.as_tuples()
+      shutil.rmtree(out)
   assert main(["fgrams", "build", "--data", data, "--max_n", "4", "--size", "5000", "--min_count", "2", "--out", out]) == 0
   got = fgram_vocab.load(out)
   assert got.as_tuples() == ref.as_tuples() and list(got.counts) == list(ref.counts)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_fgrams_build_is_one_line_and_leaves_nothing(build_case, tmp_path):
+  """SIGINT (Ctrl-C) at several moments of a build (reading, counting passes, ranking, saving):
+  exit 130 within seconds, one line saying "interrupted", no scratch files left in --tmp_dir, and
+  the output either absent or complete. At least one signal must land mid-build."""
+  data, ref = build_case["data"], build_case["ref"]
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  interrupted = 0
+  for i, fraction in enumerate(FRACTIONS):
+    out = str(tmp_path / f"fg{i}")
+    proc = subprocess.Popen(_build_argv(data, out, str(scratch)), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(fraction * build_case["seconds"])
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 10, fraction
+    lines = [line for line in err.splitlines() if line.strip()]
+    if proc.returncode == 0:   # finished before the signal: then complete and correct
+      assert fgram_vocab.load(out).as_tuples() == ref.as_tuples()
+    else:
+      interrupted += 1
+      assert proc.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], (fraction, proc.returncode, err)
+      assert not os.path.exists(out), (fraction, os.listdir(out))
+    assert os.listdir(scratch) == [], (fraction, os.listdir(scratch))
+  assert interrupted >= 2, "every signal came after the build had finished: make the corpus larger"
 
 
 def test_corrupted_checkpoint_is_detected_not_decoded(data_dir, tmp_path, capsys):

@@ -20,7 +20,8 @@ STAGES = [
     ("models", ("models",)),
     ("fgram", ("fgram",)),
     ("data", ("data",)),
-    ("base", ("config", "errors", "parallel", "files", "outputs", "progress", "integrity", "pending", "__init__")),
+    ("base", ("config", "errors", "parallel", "files", "outputs", "progress", "integrity", "pending", "native_log",
+              "__init__")),
 ]
 RANK = {part: i for i, (_, parts) in enumerate(STAGES) for part in parts}
 

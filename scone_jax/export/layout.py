@@ -23,6 +23,7 @@ can hash the rows it wrote and a reader of the whole array can recompute it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,6 +33,7 @@ import ml_dtypes
 import numpy as np
 import tensorstore as ts
 
+from scone_jax import native_log
 from scone_jax.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16", "int8")
@@ -82,21 +84,40 @@ def child(spec: dict, name: str) -> dict:
 
 
 REMOTE_TIMEOUT_S = float(os.environ.get("SCONE_JAX_REMOTE_TIMEOUT", "120"))
+LOCAL_SCHEMES = ("file://", "memory://")
+_remote_reached = False   # a remote store has answered (or failed) once in this process
 
 
-def wait(future, url: str, what: str):
+def wait(future, url: str, what: str, *, request: bool = True):
   """future.result(), but a store that does not answer within REMOTE_TIMEOUT_S (an unreachable
-  bucket, missing credentials, a dead network) is a one-line UserError instead of a hang."""
-  try:
-    return future.result(timeout=REMOTE_TIMEOUT_S)
-  except TimeoutError:
-    raise UserError(f"store {url!r} did not answer within {REMOTE_TIMEOUT_S:.0f} s ({what}): check the URL, the "
-                    "network and the credentials (SCONE_JAX_REMOTE_TIMEOUT sets the limit in seconds)") from None
+  bucket, missing credentials, a dead network) is a one-line UserError instead of a hang. The
+  first remote wait of a process keeps tensorstore's native auth log line off the screen
+  (native_log.py) and uses it to say why a store could not be reached."""
+  global _remote_reached
+  remote = "://" in url and not url.startswith(LOCAL_SCHEMES)
+  with native_log.captured() if remote and not _remote_reached else contextlib.nullcontext() as log:
+    try:
+      return future.result(timeout=REMOTE_TIMEOUT_S)
+    except TimeoutError:
+      pass
+    finally:
+      if remote:   # opening a kvstore sends no request: the auth comes with the first one
+        _remote_reached = _remote_reached or request
+  raise UserError(f"store {url!r} did not answer within {REMOTE_TIMEOUT_S:.0f} s ({what}): check the URL, the "
+                  f"network and the credentials{_why(log)} (SCONE_JAX_VERBOSE=1 shows tensorstore's log; "
+                  "SCONE_JAX_REMOTE_TIMEOUT sets the limit in seconds)")
+
+
+def _why(log) -> str:
+  if log is not None and log.mentions("credentials"):
+    return (" (no Google Cloud credentials were found: set GOOGLE_APPLICATION_CREDENTIALS or run "
+            "`gcloud auth application-default login`, unless this host gets them from its metadata server)")
+  return ""
 
 
 def open_root(url: str):
   """The store's root as a tensorstore KvStore (keys relative to the root)."""
-  return wait(ts.KvStore.open(kvstore_spec(url), context=shared_context()), url, "opening it")
+  return wait(ts.KvStore.open(kvstore_spec(url), context=shared_context()), url, "opening it", request=False)
 
 
 def read_json(kv, key: str):

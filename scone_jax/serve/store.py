@@ -7,7 +7,9 @@
 Every tier opens only a finished store (manifest.json present) and, given the run's identity,
 refuses a store of another checkpoint or f-gram file. Opening reads `fgram_tokens` (the matcher
 needs it) and checks its hash; the RAM tier checks the embeddings' hash too (it reads them all
-anyway); the disk and remote tiers read only the rows they are asked for.
+anyway); the disk and remote tiers read only the rows they are asked for (every chunk has a
+crc32c, and a missing chunk is an error, never a fill value); `scone-jax store verify`
+(serve/verify.py) reads a whole store once against its block hashes.
 
 `fetch(ids)` takes distinct f-gram ids and returns a Pending whose `result()` is float rows [n, d]
 (the stored float dtype; int8 rows come back dequantized to float32). The disk tier issues one
