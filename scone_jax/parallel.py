@@ -222,3 +222,43 @@ class _StartupWatch:
       signal.signal(sig, handler)
     os.close(self._read)
     os.close(self._write)
+
+
+class Agreement:
+  """The elementwise maximum of a small list of ints over every process, once per call, through
+  jax.distributed's key-value store (host to coordinator, no device collective: safe from the
+  input pipeline's thread while a step runs). Every process must create its Agreements in the
+  same order and call them equally often (the data pipeline does: each process runs the same
+  number of batches). With one process it returns its argument."""
+
+  _created: dict[str, int] = {}
+  TIMEOUT_MS = 10 * 60 * 1000
+
+  def __init__(self, name: str):
+    n = Agreement._created.get(name, 0)
+    Agreement._created[name] = n + 1
+    self.prefix, self.round = f"scone_jax/agree/{name}/{n}", 0
+
+  def max(self, values: Sequence[int]) -> list[int]:
+    values = [int(v) for v in values]
+    if jax.process_count() == 1:
+      return values
+    import json
+
+    from jax._src import distributed
+    client, pid = distributed.global_state.client, jax.process_index()
+    key = f"{self.prefix}/{self.round}"
+    client.key_value_set(f"{key}/{pid}", json.dumps(values))
+    out = values
+    for p in range(jax.process_count()):
+      if p != pid:
+        try:
+          got = json.loads(client.blocking_key_value_get(f"{key}/{p}", self.TIMEOUT_MS))
+        except Exception as e:   # a peer that died or stalled: the run cannot go on in step
+          raise UserError(f"process {p} did not send its batch shape within {self.TIMEOUT_MS // 1000} s "
+                          f"({' '.join(str(e).split())[:120]}); is it still running?") from e
+        out = [max(a, b) for a, b in zip(out, got)]
+    if self.round >= 2:   # every process has read round r-2 before it wrote round r-1
+      client.key_value_delete(f"{self.prefix}/{self.round - 2}/{pid}")
+    self.round += 1
+    return out

@@ -90,6 +90,11 @@ def test_scone_experiment_accounting(data_fg):
   #   -> 69,312 * 24 / 256 = 6,498.
   exp = _load(data, "methods/scone.gin", fgram + ["FgramConfig.max_unique = 20"])
   assert _accounting(exp, 1, 8).train_flops_per_token == 147_456 + 6_498
+  # Measured work (the train loop's MFU): per token slot the block 6,336 + in_proj 2 d d_f = 1,024,
+  # per f-gram out_proj 2 d_f d = 1,024. 10 needed / 16 executed slots, 4 needed f-grams / 8 list
+  # entries, over 256 tokens: needed 3 (10 x 7,360 + 4 x 1,024) / 256 = 910.5, executed
+  # 3 (16 x 7,360 + 8 x 1,024) / 256 = 1,476.
+  assert exp.method.train_only_flops_of((10, 16, 4, 8), 256) == (910.5, 1476.0)
 
 
 def test_ngram_hash_experiment_accounting(data_fg):

@@ -156,5 +156,8 @@ def test_olmo_1b_scone_lowers_on_v5p_256_without_data(method_file, layers):
   per_block = 2048 * 128 * (16 * 4) + 3 * 2048 * 8192 + 2 * 2048
   assert acct.training_params == layers * per_block + 5 * 2048 + 2048   # blocks, positions, final norm
   lowered, (_, batch) = aot.lower_train_step(exp, trainer, hosts)
-  assert batch["unique_tokens"].shape == (16384 * hosts, 5)
+  # A_f sized for FgramConfig.max_unique = 20,480 f-grams per host, all of length K = 5, packed
+  # 4 per row of 24 slots (4K rounded up to a multiple of 8): 5,120 rows per host.
+  assert batch["unique_packed_tokens"].shape == (5120 * hosts, 24)
+  assert batch["unique_packed_ends"].shape == (5120 * hosts, 12)
   assert batch["fgram_index"].shape == (exp.data.batch_size, 2048)

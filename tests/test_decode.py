@@ -113,7 +113,7 @@ def _full_logits(model, seqs, vocab: FgramVocab | None) -> np.ndarray:
     match = MatchRow(ExactMatcher(vocab))
     rows = [match({k: v[i] for k, v in batch.items()}) for i in range(len(seqs))]
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    batch = DistinctFgrams(FgramTokens(vocab), x.size)(batch)
+    batch = DistinctFgrams(FgramTokens(vocab), planned=x.size)(batch)
   graphdef, state = nnx.split(model)
   return np.asarray(jax.jit(lambda st, b: nnx.merge(graphdef, st)(b))(state, batch))
 

@@ -42,13 +42,21 @@ def _restore(workdir: str) -> tuple[Trainer, dict]:
 
 
 @pytest.mark.slow
-def test_two_processes_reproduce_one(tmp_path):
+@pytest.mark.parametrize("method", ["baseline", "scone"])
+def test_two_processes_reproduce_one(tmp_path, method):
+  """SCONE: each process packs its own distinct f-grams for A_f, and the processes agree on the
+  packed shape of every batch (parallel.Agreement over jax.distributed's key-value store)."""
   assert jax.device_count() == 8
   data_dir = make_data(str(tmp_path / "data"))[0]
+  extra = []
+  if method == "scone":
+    from scone_jax.fgram.build import build
+    build(data_dir, str(tmp_path / "fg"), max_n=3, size=60, min_count=2)
+    extra = ["--gin_file", "methods/scone.gin", f"--gin.FGRAM_DIR='{tmp_path / 'fg'}'", "--gin.FgramConfig.sample_batches=4"]
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
   coordinator = f"127.0.0.1:{free_port()}"
-  run_all([(_train_cmd(data_dir, one), 8, str(tmp_path / "one.log"))] + [
-      (_train_cmd(data_dir, two, "--coordinator_address", coordinator, "--num_processes", "2",
+  run_all([(_train_cmd(data_dir, one, *extra), 8, str(tmp_path / "one.log"))] + [
+      (_train_cmd(data_dir, two, *extra, "--coordinator_address", coordinator, "--num_processes", "2",
                   "--process_id", str(p)), 4, str(tmp_path / f"two_{p}.log")) for p in range(2)], TIMEOUT_S)
 
   with open(tmp_path / "two_0.log") as f:

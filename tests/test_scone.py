@@ -45,7 +45,8 @@ def test_distinct_fgrams_equal_per_position_values_and_grads():
   inputs = rng.integers(4, 50, (b, l)).astype(np.int32)
   base = {"inputs": inputs, "segment_ids": np.ones((b, l), np.int32),
           "positions": np.tile(np.arange(l, dtype=np.int32), (b, 1)), "fgram_id": fgram_id}
-  distinct = DistinctFgrams(FgramTokens(vocab), max_unique=8)(dict(base))
+  # Packed: the distinct f-grams back to back in rows of 8 slots (several per row, fgram/packing.py).
+  distinct = DistinctFgrams(FgramTokens(vocab, row_len=8), planned=8)(dict(base))
   # Reference: one A_f input row per position, built straight from the tuples.
   per_pos_tokens = np.full((b * l, k), -1, np.int32)
   per_pos_len = np.ones(b * l, np.int32)
@@ -55,7 +56,8 @@ def test_distinct_fgrams_equal_per_position_values_and_grads():
       per_pos_len[i] = len(grams[r])
   per_pos = {**base, "unique_tokens": per_pos_tokens, "unique_lengths": per_pos_len,
              "fgram_index": np.where(fgram_id.reshape(-1) >= 0, np.arange(b * l), -1).reshape(b, l).astype(np.int32)}
-  assert distinct["unique_tokens"].shape[0] == 8 < b * l
+  assert distinct["unique_packed_ends"].size < b * l and (distinct["unique_packed_segments"].max(axis=1) > 1).any()
+  distinct.pop("stat_train_only_work")
   graphdef, params = nnx.split(model, nnx.Param)
   probe = jnp.asarray(rng.normal(size=(b, l, 32)), jnp.float32)
 

@@ -46,7 +46,7 @@ def test_every_tier_fetches_the_stored_rows(served):
     assert store.fetch(np.array([], np.int64)).result().shape == (0, 32)
   # The eval feature: the batch's distinct f-grams, fetched once each, indexed per position.
   fgram_id = np.array([[ids[0], -1, ids[1]], [ids[1], ids[0], -1]])
-  batch = DistinctFgrams(StoreRows(ram), max_unique=8, offset=8)({"fgram_id": fgram_id})
+  batch = DistinctFgrams(StoreRows(ram), planned=8, process_index=1)({"fgram_id": fgram_id})   # list offset 1 x 8
   index = batch["fgram_index"]
   assert (index[fgram_id < 0] == -1).all()
   np.testing.assert_array_equal(batch["unique_rows"][index[fgram_id >= 0] - 8], ram.embeddings[fgram_id[fgram_id >= 0]])

@@ -107,6 +107,19 @@ def make_dataset(spec: PipelineSpec) -> grain.IterDataset:
   return ds
 
 
+def first_batches(spec: PipelineSpec, n: int) -> list[Row]:
+  """The first n batches of this process's pipeline (train or eval) before batch features: what
+  a batch feature sizes its static shapes from (methods/base.py, `sample`)."""
+  bare = dataclasses.replace(spec, batch_features=(), prefetch=0)
+  batches = iter(make_dataset(bare)) if spec.shuffle else eval_batches(bare)
+  out = []
+  for batch in batches:
+    out.append(batch)
+    if len(out) == n:
+      break
+  return out
+
+
 def eval_num_batches(spec: PipelineSpec) -> int:
   """Steps of one pass over a split: the longest of all streams (every process computes the same
   number, so that collectives stay in step); shorter streams are padded."""

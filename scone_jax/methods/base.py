@@ -68,9 +68,12 @@ class Method:
     return ()
 
   def batch_features(self, process_index: int = 0, batch_devices: int = 1, process_rows: int = 0,
-                     store=None) -> tuple:
+                     store=None, sample=None) -> tuple:
     """Callables batch dict -> batch dict, run on every process batch. store: an opened table of
-    precomputed rows (serve/store.py) to use in place of the training-only modules."""
+    precomputed rows (serve/store.py) to use in place of the training-only modules; sample: a
+    callable n -> the pipeline's first n batches before batch features (to size static shapes
+    from the data; None = size them without data). A feature may add `stat_*` keys: host-side
+    numbers about the batch (never sent to the device; Trainer.global_batch drops them)."""
     if store is not None:
       raise self.no_store_error()
     return ()
@@ -107,8 +110,14 @@ class Method:
     return 0.0
 
   def train_only_flops(self, process_count: int, batch_devices: int) -> float:
-    """Training FLOPs per token of training-only modules (A_f), backward included."""
+    """Training FLOPs per token of training-only modules (A_f), backward included (planned)."""
     return 0.0
+
+  def train_only_flops_of(self, work, tokens: int) -> tuple[float, float] | None:
+    """(needed, executed) training FLOPs per token of training-only modules, from the work the
+    batch features measured (`stat_train_only_work`, summed over batches and processes) for
+    `tokens` tokens; None = none measured."""
+    return None
 
   def offloaded_entries(self, counted: int) -> int:
     """Offloaded table entries; `counted` = the parameters in `offloaded` groups."""

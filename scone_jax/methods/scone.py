@@ -32,11 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scone_jax import config as C
+from scone_jax import config as C, parallel
 from scone_jax.config import ModelConfig
 from scone_jax.data import shards
 from scone_jax.errors import UserError
-from scone_jax.fgram import vocab as fgram_vocab
+from scone_jax.fgram import packing, vocab as fgram_vocab
 from scone_jax.fgram.matcher import ExactMatcher, dedup_batch
 from scone_jax.integrity import file_sha256
 from scone_jax.methods.base import Method
@@ -61,11 +61,15 @@ class FgramConfig:
   num_heads: int = 0
   num_kv_heads: int = 0
   d_ff: int = 0
-  max_unique: int = 0           # distinct f-grams per process batch (static); 0 = never-overflowing bound
+  max_unique: int = 0           # planned distinct f-grams per process batch (`compile`); 0 = never-overflowing bound
   max_n: int = 0                # planned K: lets `compile` size a run with no f-gram file (else the file's K)
+  row_len: int = 0              # slots per packed A_f row (fgram/packing.py); 0 = 4K rounded up to a multiple of 8
+  buckets: int = 4              # static A_f batch shapes chosen from the data (one compile each)
+  sample_batches: int = 32      # batches read at start to choose them
 
   RANGES: ClassVar[dict] = {"size": (0, None), "num_layers": (1, None), "d_model": (0, None), "num_heads": (0, None),
-                            "num_kv_heads": (0, None), "d_ff": (0, None), "max_unique": (0, None), "max_n": (0, None)}
+                            "num_kv_heads": (0, None), "d_ff": (0, None), "max_unique": (0, None), "max_n": (0, None),
+                            "row_len": (0, None), "buckets": (1, None), "sample_batches": (1, None)}
 
   def model_config(self, main: ModelConfig) -> ModelConfig:
     """A_f's block design: the main model's, at A_f's own width and depth."""
@@ -107,6 +111,25 @@ class FgramModel(nnx.Module):
     h, _ = self.blocks(x, positions, jnp.ones((u, k), jnp.int32))
     last = jnp.clip(lengths_U - 1, 0, k - 1)
     h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+    return self._out(h_last, dt)
+
+  def packed(self, token_emb_RxPxD, positions_RxP, segments_RxP, ends_RxJ):
+    """f-grams packed into rows (fgram/packing.py): token embeddings [R, P, D], positions and
+    segments [R, P], the slot of each row's j-th f-gram's last token [R, J] -> embeddings
+    [R*J, D] (list index r*J + j). Attention stays inside each f-gram's segment, so every f-gram
+    gets what it gets alone (right-padded to K)."""
+    dt = jnp.dtype(self.cfg.dtype)
+    r, p, _ = token_emb_RxPxD.shape
+    x = token_emb_RxPxD.astype(dt)
+    if self.in_proj is not None:
+      x = jnp.einsum("rpd,de->rpe", x, self.in_proj[...].astype(dt))
+    x = x + jnp.take(self.positions[...].astype(dt), jnp.clip(positions_RxP, 0, self.max_n - 1), axis=0)
+    x = constrain(x, ("unique_fgrams", None, None))
+    h, _ = self.blocks(x, positions_RxP, segments_RxP)
+    h_last = jnp.take_along_axis(h, ends_RxJ[:, :, None], axis=1)   # row-local: no gather across devices
+    return self._out(h_last.reshape(r * ends_RxJ.shape[1], -1), dt)
+
+  def _out(self, h_last, dt):
     h_last = self.final_norm(h_last)
     if self.out_proj is not None:
       h_last = jnp.einsum("ue,ed->ud", h_last, self.out_proj[...].astype(dt))
@@ -128,7 +151,11 @@ class SconeEmbedding(nnx.Module):
     token_emb = model.embed_tokens(batch["inputs"])
     if "unique_rows" in batch:   # rows of an exported table E_f (decode, eval --store): A_f is not run
       fgram_emb_UxD = batch["unique_rows"]
-    else:
+    elif "unique_packed_tokens" in batch:   # training and eval: the distinct f-grams packed into rows
+      fgram_emb_UxD = self.fgram_model.packed(model.embed_tokens(batch["unique_packed_tokens"]),
+                                              batch["unique_packed_positions"], batch["unique_packed_segments"],
+                                              batch["unique_packed_ends"])
+    else:   # decode and export: f-grams right-padded to K
       fgram_emb_UxD = self.fgram_embeddings(model, batch["unique_tokens"], batch["unique_lengths"])
     index = batch["fgram_index"]
     gathered = jnp.take(fgram_emb_UxD.astype(token_emb.dtype), jnp.maximum(index, 0), axis=0)
@@ -163,16 +190,38 @@ def distinct_fgrams(fgram_id: np.ndarray, max_unique: int, offset: int = 0) -> t
 
 
 class FgramTokens:
-  """Rows source for A_f: the distinct f-grams' tokens [U, K] (-1 padded) and lengths [U]."""
+  """Rows source for A_f: the distinct f-grams' tokens [U, K] (-1 padded) and lengths [U]
+  (`fetch`, decode); packed into rows (`need`/`packed`, training and eval: fgram/packing.py)."""
 
-  def __init__(self, vocab: fgram_vocab.FgramVocab):
+  def __init__(self, vocab: fgram_vocab.FgramVocab, row_len: int = 0):
     tokens, lengths = vocab.token_matrix()
     self.tokens = np.concatenate([tokens, np.full((1, tokens.shape[1]), -1, np.int32)])   # last row: padding
     self.lengths = np.concatenate([lengths, [0]]).astype(np.int32)
+    self.row_len = row_len or packing.default_row_len(tokens.shape[1])
 
   def fetch(self, unique_ids: np.ndarray, n: int):
     rows = np.where(unique_ids >= 0, unique_ids, len(self.lengths) - 1)
     return Done({"unique_tokens": self.tokens[rows], "unique_lengths": self.lengths[rows]})
+
+  # -- packed (DistinctFgrams) --
+  def need(self, ids: np.ndarray) -> int:
+    """Packed rows the distinct f-grams `ids` take."""
+    return packing.rows_needed(self.lengths[ids], self.row_len)
+
+  def planned(self, max_distinct: int) -> int:
+    """Rows that any max_distinct f-grams fit in (all of length K)."""
+    k = self.tokens.shape[1]
+    return -(-max_distinct // (self.row_len // k))
+
+  def slots(self, ids: np.ndarray, size: int) -> tuple[int, int, int, int]:
+    """A_f's work: (needed, executed) token slots, (needed, executed) f-gram outputs."""
+    return int(self.lengths[ids].sum()), size * self.row_len, len(ids), size * (self.row_len // 2)
+
+  def packed(self, ids: np.ndarray, size: int, process_index: int):
+    """The f-grams `ids` packed into `size` rows: (arrays, global list index of each id)."""
+    arrays, index = packing.pack(self.tokens[ids], self.lengths[ids], size, self.row_len)
+    offset = process_index * size * (self.row_len // 2)
+    return Done({f"unique_packed_{k}": v for k, v in arrays.items()}), index + offset
 
 
 class StoreRows:
@@ -192,16 +241,63 @@ class StoreRows:
 
     return Mapped(self.store.fetch(unique_ids[:n]), pad)
 
+  # -- the list of distinct f-grams' rows, `size` long (DistinctFgrams) --
+  def need(self, ids: np.ndarray) -> int:
+    return len(ids)
+
+  def planned(self, max_distinct: int) -> int:
+    return max_distinct
+
+  def slots(self, ids: np.ndarray, size: int) -> tuple[int, int, int, int]:
+    return 0, 0, 0, 0   # no A_f runs
+
+  def packed(self, ids: np.ndarray, size: int, process_index: int):
+    padded = np.full(size, -1, np.int64)
+    padded[:len(ids)] = ids
+    return self.fetch(padded, len(ids)), np.arange(len(ids), dtype=np.int32) + process_index * size
+
 
 class DistinctFgrams:
-  """Batch feature: the batch's distinct f-grams and their rows (FgramTokens or StoreRows)."""
+  """Batch feature: the batch's distinct f-grams (exact dedup), `fgram_index` [B, L] into their
+  list, and the list itself from a source: FgramTokens (packed A_f inputs) or StoreRows (rows
+  of an exported table). The list's static size is a bucket (fgram/packing.py) chosen from a
+  sample of the data's needs, agreed by every process at every batch (parallel.Agreement);
+  without a sample (ahead-of-time compile) one bucket that never overflows. A need above every
+  bucket adds a larger one. `stat_train_only_work` (A_f's needed and executed work, FgramTokens.slots)
+  rides along for the train loop (Method.train_only_flops_of)."""
 
-  def __init__(self, source, max_unique: int, offset: int = 0):
-    self.source, self.max_unique, self.offset = source, max_unique, offset
+  def __init__(self, source, *, process_index: int = 0, granularity: int = 1, planned: int = 1,
+               max_buckets: int = 4, sample=None, name: str = "fgrams"):
+    self.source, self.process_index, self.granularity = source, process_index, granularity
+    self.max_buckets, self.sample = max_buckets, sample
+    self.buckets = None if sample is not None else packing.Buckets([source.planned(planned)], granularity)
+    self.agreement = parallel.Agreement(name)
+
+  @staticmethod
+  def distinct(fgram_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    matched = fgram_id >= 0
+    ids, inverse = np.unique(fgram_id[matched], return_inverse=True)
+    return ids, inverse, matched
+
+  def choose_buckets(self) -> list[int]:
+    """Buckets from the sample's needs (each the maximum over processes)."""
+    needs = [self.source.need(self.distinct(b["fgram_id"])[0]) for b in self.sample()]
+    needs = self.agreement.max(needs)
+    self.buckets = packing.Buckets(packing.choose_buckets(needs, self.max_buckets, self.granularity),
+                                   self.granularity)
+    return self.buckets.sizes
 
   def __call__(self, batch: dict) -> dict:
-    unique_ids, index, n = distinct_fgrams(batch["fgram_id"], self.max_unique, self.offset)
-    return {**batch, "fgram_index": index, **self.source.fetch(unique_ids, n).result()}
+    if self.buckets is None:
+      self.choose_buckets()
+    ids, inverse, matched = self.distinct(batch["fgram_id"])
+    need = self.agreement.max([self.source.need(ids)])[0]
+    size = self.buckets.fit(need)
+    rows, list_index = self.source.packed(ids, size, self.process_index)
+    index = np.full(batch["fgram_id"].shape, -1, np.int32)
+    index[matched] = list_index[inverse]
+    return {**batch, "fgram_index": index, **rows.result(),
+            "stat_train_only_work": np.array(self.source.slots(ids, size), np.int64)}
 
 
 class FgramDecodeFeatures:
@@ -263,7 +359,8 @@ class Scone(Method):
     return self.fgram.size or len(self.fgram_vocab)
 
   def max_unique(self, process_rows: int, batch_devices: int) -> int:
-    """Static number of distinct f-grams per process batch, a multiple of the batch devices."""
+    """Planned distinct f-grams per process batch (FgramConfig.max_unique, else a bound that
+    never overflows), a multiple of the batch devices: what `compile` sizes a run with."""
     bound = self.fgram.max_unique or min(process_rows * self.data.seq_len, self.num_fgrams)
     return -(-bound // batch_devices) * batch_devices
 
@@ -273,10 +370,13 @@ class Scone(Method):
   def row_features(self):
     return (MatchRow(ExactMatcher.checked(self.fgram_vocab, self.fgram.fgram_dir)),)
 
-  def batch_features(self, process_index=0, batch_devices=1, process_rows=0, store=None):
-    u = self.max_unique(process_rows or self.data.batch_size, batch_devices)
-    source = FgramTokens(self.fgram_vocab) if store is None else StoreRows(store)
-    return (DistinctFgrams(source, u, offset=process_index * u),)
+  def batch_features(self, process_index=0, batch_devices=1, process_rows=0, store=None, sample=None):
+    rows = process_rows or self.data.batch_size
+    source = FgramTokens(self.fgram_vocab, self.fgram.row_len) if store is None else StoreRows(store)
+    take = None if sample is None else (lambda: sample(self.fgram.sample_batches))
+    return (DistinctFgrams(source, process_index=process_index, granularity=batch_devices,
+                           planned=self.max_unique(rows, batch_devices), max_buckets=self.fgram.buckets,
+                           sample=take, name="store" if store is not None else "af"),)
 
   def decode_features(self, store=None):
     if store is None:   # A_f on the device, from the distinct f-grams' tokens
@@ -301,15 +401,30 @@ class Scone(Method):
   def offloaded_entries(self, counted):
     return counted + self.num_fgrams * self.model.d_model
 
-  def train_only_flops(self, process_count, batch_devices):
-    """3x A_f's forward FLOPs on a batch's distinct f-grams, spread over the batch's tokens."""
-    k = self.max_n
+  def _af_flops(self) -> tuple[float, float]:
+    """A_f's forward FLOPs (per token slot: its blocks at context K and the d -> d_f projection;
+    per f-gram: the d_f -> d projection at its last token)."""
     fcfg = self.fgram.model_config(self.model)
     d, df = self.model.d_model, fcfg.d_model
-    per_fgram = k * decoder_forward_flops(fcfg, k) + (2 * k * d * df + 2 * df * d if df != d else 0)
+    proj = 2 * d * df if df != d else 0
+    return decoder_forward_flops(fcfg, self.max_n) + proj, proj
+
+  def train_only_flops(self, process_count, batch_devices):
+    """Planned: 3x A_f's forward FLOPs on the never-overflowing number of distinct f-grams, all
+    of length K, spread over the batch's tokens (an upper bound; the train loop reports the
+    executed and the needed A_f FLOPs of every batch through train_only_flops_of)."""
     rows = self.data.batch_size
     distinct = self.max_unique(rows // process_count, batch_devices) * process_count
-    return 3.0 * per_fgram * distinct / (rows * self.data.seq_len)
+    per_slot, per_fgram = self._af_flops()
+    return 3.0 * (per_slot * self.max_n + per_fgram) * distinct / (rows * self.data.seq_len)
+
+  def train_only_flops_of(self, work, tokens):
+    """(needed, executed) A_f training FLOPs per token from DistinctFgrams' `stat_train_only_work`
+    ([needed slots, executed slots, needed f-grams, executed list entries], summed)."""
+    per_slot, per_fgram = self._af_flops()
+    needed_slots, executed_slots, needed_fgrams, executed_entries = work
+    return (3.0 * (needed_slots * per_slot + needed_fgrams * per_fgram) / tokens,
+            3.0 * (executed_slots * per_slot + executed_entries * per_fgram) / tokens)
 
 
 def _load_vocab(fcfg: FgramConfig, data: C.DataConfig, meta: shards.DataMeta) -> fgram_vocab.FgramVocab:

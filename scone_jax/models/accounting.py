@@ -29,6 +29,7 @@ class Accounting:
   offloaded_entries: int
   inference_flops_per_token: float
   train_flops_per_token: float
+  train_only_flops_per_token: float = 0.0   # part of train_flops_per_token (planned; an upper bound for SCONE)
 
   def lines(self) -> list[str]:
     return [
@@ -88,4 +89,4 @@ def account(cfg: ModelConfig, abstract_params, seq_len: int, *, training_only: t
   fwd = main_model_flops(cfg, seq_len) + extra_flops
   entries = groups["offloaded"] if offloaded_entries is None else offloaded_entries(groups["offloaded"])
   return Accounting(groups["resident"], groups["training"], entries, inference_flops_per_token=fwd,
-                    train_flops_per_token=3 * fwd + train_only_flops)
+                    train_flops_per_token=3 * fwd + train_only_flops, train_only_flops_per_token=train_only_flops)

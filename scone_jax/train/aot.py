@@ -218,6 +218,7 @@ def abstract_batch(exp, trainer, num_hosts: int) -> tuple[dict, dict]:
   local = {k: np.stack([v] * host_rows) for k, v in row.items()}
   for fn in exp.method.batch_features(0, trainer.batch_devices, host_rows):
     local = fn(local)
+  local = {k: v for k, v in local.items() if not k.startswith("stat_")}
   host = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in local.items()}
   glob = {k: jax.ShapeDtypeStruct(((v.shape[0] * num_hosts) if k.startswith("unique_") else d.batch_size,)
                                   + v.shape[1:], v.dtype) for k, v in local.items()}

@@ -14,6 +14,7 @@ import threading
 import time
 
 import jax
+import numpy as np
 
 from scone_jax import experiment, parallel
 from scone_jax.config import bindings_from_flags, flag_range
@@ -128,6 +129,7 @@ def _train(exp, workdir: str, mesh, trainer, acct, current: dict, *, quiet: bool
   _log(f"peak: {peak / 1e9:,.1f} GFLOP/s ({peak_src})", quiet)
 
   step_fn = None
+  work_since = np.zeros(4, np.int64)   # training-only work of the batches since the last log line
   last: dict = {}
   t_last, tokens_since = time.perf_counter(), 0.0
   step = start
@@ -135,6 +137,8 @@ def _train(exp, workdir: str, mesh, trainer, acct, current: dict, *, quiet: bool
     with _Preemption() as preempt, jax.set_mesh(mesh):
       while step < cfg.steps:
         local = next(data_iter)
+        if "stat_train_only_work" in local:
+          work_since = work_since + local["stat_train_only_work"]
         batch = trainer.global_batch(local, dcfg.batch_size)
         if step_fn is None:
           step_fn = trainer.jit_train_step(local)
@@ -153,9 +157,19 @@ def _train(exp, workdir: str, mesh, trainer, acct, current: dict, *, quiet: bool
           dt = now - t_last
           tps = dcfg.batch_size * dcfg.seq_len * (step - last.get("step", start)) / dt if dt > 0 else 0.0
           t_last = now
+          flops, extra = acct.train_flops_per_token, {}
+          measured = exp.method.train_only_flops_of(work_since * jax.process_count(),
+                                                    dcfg.batch_size * dcfg.seq_len * (step - last.get("step", start)))
+          if measured is not None and work_since[0] > 0:
+            # MFU counts the training-only work that was needed, not the padding executed with it;
+            # this process's work stands for every process's (they read statistically equal rows).
+            needed, executed = measured
+            flops = acct.train_flops_per_token - acct.train_only_flops_per_token + needed
+            extra = {"train_only_executed_over_needed": executed / needed}
+          work_since = np.zeros(4, np.int64)
           values = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "grad_norm": float(m["grad_norm"]),
                     "learning_rate": float(_lr(cfg, step - 1)), "tokens_per_s": tps,
-                    "mfu": tps * acct.train_flops_per_token / peak if peak == peak else float("nan")}
+                    "mfu": tps * flops / peak if peak == peak else float("nan"), **extra}
           writer.write(step, "train", values)
           last = {"step": step, **values}
           _log(f"step {step:>6}  loss {loss:.4f}  ppl {values['perplexity']:.2f}  gnorm {values['grad_norm']:.3f}  "

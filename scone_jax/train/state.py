@@ -103,7 +103,7 @@ class Trainer:
     """Rows over the batch axes; per-batch lists (`unique_*`) over the same devices."""
     return {k: NamedSharding(self.mesh, parallel.logical_to_spec(
         ("unique_fgrams" if k.startswith("unique_") else "batch",) + (None,) * (v.ndim - 1)))
-        for k, v in batch_shapes.items()}
+        for k, v in batch_shapes.items() if not k.startswith("stat_")}
 
   @property
   def batch_devices(self) -> int:
@@ -124,6 +124,8 @@ class Trainer:
     out = {}
     shardings = self.batch_shardings(local_batch)
     for k, v in local_batch.items():
+      if k.startswith("stat_"):   # host-side numbers about the batch (methods/base.py)
+        continue
       if k.startswith("unique_"):   # per-batch lists (distinct f-grams): concatenated over processes
         shape = (v.shape[0] * jax.process_count(),) + v.shape[1:]
       else:
