@@ -20,6 +20,7 @@ COMMANDS: dict[str, object] = {
     "fgrams": {
         "build": ("scone_jax.fgram.build", "count n-grams and write the f-gram vocabulary"),
         "match": ("scone_jax.fgram.match_cli", "show the f-gram match of every position"),
+        "tag": ("scone_jax.fgram.tags", "pre-tag DATA with every position's f-gram match length (TAGS_DIR)"),
     },
     "train": ("scone_jax.train.loop", "train from gin files; resumes automatically"),
     "eval": ("scone_jax.commands.eval", "validation loss and perplexity of a run"),
@@ -89,6 +90,9 @@ def _selected_module(argv: list[str]) -> str | None:
 # probing) would surround our one-line errors and our output; SCONE_JAX_VERBOSE=1 shows them.
 TENSORSTORE_STATUSES = ("NOT_FOUND", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "DATA_LOSS", "UNAVAILABLE",
                         "DEADLINE_EXCEEDED", "FAILED_PRECONDITION", "ALREADY_EXISTS", "UNAUTHENTICATED", "ABORTED")
+TENSORSTORE_HINTS = {"RESOURCE_EXHAUSTED": "no space left (or over quota): free space or choose another output",
+                     "PERMISSION_DENIED": "choose a writable output, or check the credentials",
+                     "UNAUTHENTICATED": "check the credentials"}
 QUIET_LOGGERS = ("absl", "jax._src.xla_bridge", "orbax", "tensorstore")
 
 
@@ -123,8 +127,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
   args.extra = extra
   name = " ".join(w for w in (args.command, getattr(args, f"{args.command}_command", None)) if w)
+  with _CtrlC() as ctrl_c:
+    try:
+      return _run(module, args, name, ctrl_c)
+    except BaseException as e:
+      # Ctrl-C inside a library's C code can surface as another exception (numpy's tofile turns
+      # it into a TypeError): once the user has pressed it, whatever ends the command is that.
+      if not ctrl_c.pressed and not isinstance(e, KeyboardInterrupt):
+        raise
+      print(f"scone-jax {name}: interrupted", file=sys.stderr)
+      return 130
+
+
+class _CtrlC:
+  """Records that SIGINT arrived (then raises KeyboardInterrupt as Python does)."""
+
+  def __init__(self):
+    self.pressed, self._old = False, None
+
+  def __enter__(self):
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+      self._old = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.pressed = True
+    raise KeyboardInterrupt
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      import signal
+      signal.signal(signal.SIGINT, self._old)
+
+
+def _run(module, args, name: str, ctrl_c: _CtrlC) -> int:
   try:
     return int(module.run(args) or 0)
+  except (UserError, ValueError, OSError):
+    if ctrl_c.pressed:   # the error is the interrupt's doing: say "interrupted"
+      raise
+    return _one_line(name)
+
+
+def _one_line(name: str) -> int:
+  """The one-line message of the exception being handled (UserError, tensorstore's ValueError, OSError)."""
+  try:
+    raise
   except UserError as e:
     print(f"scone-jax {name}: error: {e}", file=sys.stderr)
     return 2
@@ -134,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     status = str(e).split(":", 1)[0]
     if status not in TENSORSTORE_STATUSES:
       raise
-    print(f"scone-jax {name}: error: {' '.join(str(e).split())[:300]}: check the path or store URL", file=sys.stderr)
+    text = " ".join(str(e).split())
+    if len(text) > 300:   # keep the start (what failed) and the end (the OS's reason, e.g. errno 28)
+      text = f"{text[:170]} ... {text[-120:]}"
+    print(f"scone-jax {name}: error: {text}: {TENSORSTORE_HINTS.get(status, 'check the path or store URL')}",
+          file=sys.stderr)
     return 2
   except OSError as e:   # disk full, read-only or unwritable output, vanished files
     where = f" ({e.filename})" if e.filename else ""
@@ -142,9 +196,6 @@ def main(argv: list[str] | None = None) -> int:
             13: "choose a writable output"}.get(e.errno, "check the path")
     print(f"scone-jax {name}: error: {e.strerror or e}{where}: {hint}", file=sys.stderr)
     return 2
-  except KeyboardInterrupt:
-    print(f"scone-jax {name}: interrupted", file=sys.stderr)
-    return 130
 
 
 if __name__ == "__main__":

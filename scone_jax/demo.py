@@ -1,6 +1,6 @@
 """`scone-jax demo` (what `make demo` runs): the whole data walk on the embedded corpus.
 
-prepare builtin:python-stdlib -> fgrams build -> train the baseline and the same main model with
+prepare builtin:python-stdlib -> fgrams build -> fgrams tag -> train the baseline and the same main model with
 SCONE on a 2-device (FSDP) CPU mesh -> print both validation perplexities -> export the SCONE
 run's f-gram table to a zarr store -> generate a completion with rows read from that store.
 Every stage is skipped when its output already exists, so a second `make demo` resumes where the
@@ -53,8 +53,17 @@ def run(args) -> int:
       return rc
   else:
     print(f"{fg} exists")
+  tags = os.path.join(out, "tags")
+  _stage("fgrams tag: every position's match length, once, so that training only reads it")
+  if not os.path.isfile(os.path.join(tags, "meta.json")):
+    rc = main(["fgrams", "tag", fg, "--data", data, "--out", tags])
+    if rc:
+      return rc
+  else:
+    print(f"{tags} exists")
   results = {}
-  for name, extra in (("baseline", []), ("scone", ["--gin_file", "methods/scone.gin", f"--gin.FGRAM_DIR='{fg}'"])):
+  scone = ["--gin_file", "methods/scone.gin", f"--gin.FGRAM_DIR='{fg}'", f"--gin.TAGS_DIR='{tags}'"]
+  for name, extra in (("baseline", []), ("scone", scone)):
     _stage(f"train {name} ({args.steps} steps, sharded over {DEVICES} CPU devices)")
     workdir = os.path.join(out, f"run_{name}")
     rc = main(["train", "--gin_file", "models/demo.gin", *extra, "--gin_file", "runs/demo.gin", f"--gin.DATA_DIR='{data}'",

@@ -42,11 +42,14 @@ class Experiment:
     train = split == "train"
     rows = d.batch_size if train else (d.eval_batch_size or d.batch_size)
     process, processes = jax.process_index(), jax.process_count()
+    # The method's sidecar (SCONE's TAGS) belongs to the run's own DATA: other data is matched here.
+    tagged = data_dir is None or os.path.abspath(data_dir) == os.path.abspath(d.data_dir)
     spec = pipeline.PipelineSpec(
         data_dir or d.data_dir, split, d.seq_len, rows, seed=d.shuffle_seed if train else 0,
         process_index=process, process_count=processes,
         prefetch=(d.prefetch if train else 0) if prefetch is None else prefetch, shuffle=train,
-        row_features=self.method.row_features())
+        row_features=self.method.row_features(), document_features=self.method.document_features(tagged),
+        sidecar=self.method.sidecar() if tagged else None)
     features = self.method.batch_features(process, batch_devices, rows // processes, store=store,
                                           sample=lambda n: pipeline.first_batches(spec, n))
     return dataclasses.replace(spec, batch_features=features)

@@ -44,6 +44,28 @@ def atomic_write_json(path: str, obj, **json_kwargs) -> None:
 
 
 @contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+  """Runs a short block (a rename pair, a cleanup) with Ctrl-C held back: a SIGINT that arrives
+  meanwhile is raised as KeyboardInterrupt when the block ends, never inside it. Outside the main
+  thread (signals only reach it) the block runs as it is."""
+  import signal
+  import threading
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  held = []
+  old = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, old)
+  if held and old is not signal.SIG_IGN:
+    if callable(old):
+      old(signal.SIGINT, None)   # the command's own handler (it records the interrupt, then raises)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
 def atomic_directory(path: str) -> Iterator[str]:
   """Yields a new, empty directory beside `path` to write into. When the block ends, that
   directory becomes `path` (an existing `path` is kept until the new one is in place, then
@@ -56,9 +78,11 @@ def atomic_directory(path: str) -> Iterator[str]:
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
     yield staging
-    _move_into_place(staging, path)
+    with deferred_interrupts():   # never between the two renames: `path` is never missing
+      _move_into_place(staging, path)
   except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
+    with deferred_interrupts():
+      shutil.rmtree(staging, ignore_errors=True)
     raise
 
 

@@ -16,8 +16,9 @@ import os
 
 from scone_jax.errors import UserError
 
-KINDS = ("data", "fgrams", "run", "store")
+KINDS = ("data", "fgrams", "tags", "run", "store")
 NAMES = {"data": "prepared data directory (scone-jax prepare)", "fgrams": "f-gram vocabulary (scone-jax fgrams build)",
+         "tags": "f-gram tags directory (scone-jax fgrams tag)",
          "run": "run directory (scone-jax train)", "store": "f-gram store (scone-jax export)"}
 
 
@@ -43,8 +44,10 @@ def artifact_kind(path: str) -> str | None:
   meta = _meta(path) if "meta.json" in names else {}
   if "num_shards" in meta and "vocab_size" in meta:
     return "data"
-  if "max_n" in meta and "fgrams.parquet" in names:
-    return "fgrams"
+  if "max_n" in meta and any(n == "fgrams.parquet" or (n.startswith("fgrams-") and n.endswith(".parquet")) for n in names):
+    return "fgrams"   # one file or shards (fgram/vocab.py)
+  if meta.get("kind") == "scone-jax tags":
+    return "tags"
   if names & {"config.gin", "checkpoints", "identity.json", "metrics.jsonl"}:
     return "run"
   if "manifest.json" in names or ("progress" in names and "zarr.json" in names):

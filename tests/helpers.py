@@ -153,3 +153,19 @@ def fault_rng(what: str) -> tuple[np.random.Generator, str]:
   label = f"{FAULT_SEED_ENV}={seed}"
   print(f"{what}: kill schedule drawn with {label}")
   return np.random.default_rng(seed), label
+
+
+def fgram_batch(base: dict, grams: list[tuple[int, ...]], fgram_id: np.ndarray, max_n: int) -> dict:
+  """A batch whose position (b, i) ends f-gram grams[fgram_id[b, i]] (-1: no match), in the form
+  the pipeline gives DistinctFgrams: `match_len` and `history` (the K-1 inputs before each
+  position), the last token written into `inputs`. The histories are synthetic (each position's
+  own), which is all the dedup reads."""
+  inputs = base["inputs"].copy()
+  history = np.full(inputs.shape + (max_n - 1,), -1, np.int32)
+  match_len = np.ones(inputs.shape, np.int32)
+  for pos in zip(*np.nonzero(fgram_id >= 0)):
+    g = grams[int(fgram_id[pos])]
+    inputs[pos] = g[-1]
+    history[pos][max_n - len(g):] = g[:-1]
+    match_len[pos] = len(g)
+  return {**base, "inputs": inputs, "history": history, "match_len": match_len}

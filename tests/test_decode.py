@@ -16,7 +16,14 @@ from scone_jax.export.writer import AfRows, export_table
 from scone_jax.fgram.matcher import ExactMatcher
 from scone_jax.fgram.vocab import FgramMeta, FgramVocab
 from scone_jax.methods.base import TokenFeatures
-from scone_jax.methods.scone import DistinctFgrams, FgramConfig, FgramTokens, MatchRow, Scone
+from scone_jax.methods.scone import (
+  DistinctFgrams,
+  FgramConfig,
+  History,
+  MatchDocument,
+  PackedFgrams,
+  Scone,
+)
 from scone_jax.models import build_model
 from scone_jax.models.kv_cache import KVCache
 from scone_jax.serve.decode import Decoder
@@ -109,11 +116,15 @@ def _full_logits(model, seqs, vocab: FgramVocab | None) -> np.ndarray:
     x[i, :len(s) + 1] = np.concatenate([[2], s])
     segments[i, :len(s) + 1] = 1
   batch = {"inputs": x, "positions": np.tile(np.arange(width, dtype=np.int32), (len(seqs), 1)), "segment_ids": segments}
-  if vocab is not None:
-    match = MatchRow(ExactMatcher(vocab))
-    rows = [match({k: v[i] for k, v in batch.items()}) for i in range(len(seqs))]
-    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    batch = DistinctFgrams(FgramTokens(vocab), planned=x.size)(batch)
+  if vocab is not None:   # each sequence is one whole document: matched as the pipeline matches one
+    match, history = MatchDocument(ExactMatcher(vocab)), History(vocab.meta.max_n)
+    batch["match_len"] = np.ones_like(x)
+    batch["history"] = np.full(x.shape + (vocab.meta.max_n - 1,), -1, np.int32)
+    for i, s in enumerate(seqs):
+      doc = history(match({"inputs": x[i, :len(s) + 1]}))
+      batch["match_len"][i, :len(s) + 1], batch["history"][i, :len(s) + 1] = doc["match_len"], doc["history"]
+    batch = DistinctFgrams(PackedFgrams(vocab.meta.max_n), planned=x.size)(batch)
+    batch.pop("stat_train_only_work")
   graphdef, state = nnx.split(model)
   return np.asarray(jax.jit(lambda st, b: nnx.merge(graphdef, st)(b))(state, batch))
 

@@ -103,7 +103,7 @@ def test_every_gin_file_is_built():
 # runs data, schedule and mesh. Disjoint, so model, method and run files compose in any order.
 ALLOWED = {
     "models": lambda k: k.startswith("ModelConfig.") and k != "ModelConfig.embedding",
-    "methods": lambda k: k == "ModelConfig.embedding" or k == "FGRAM_DIR"
+    "methods": lambda k: k == "ModelConfig.embedding" or k in ("FGRAM_DIR", "TAGS_DIR")
     or k.split(".")[0] in ("FgramConfig", "NgramHashConfig", "StemConfig"),
     "runs": lambda k: k in ("DATA_DIR", "TRAIN_STEPS", "SEED") or k.split(".")[0] in ("DataConfig", "TrainConfig", "MeshConfig"),
 }

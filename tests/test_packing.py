@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from scone_jax.fgram import packing
-from scone_jax.fgram.vocab import FgramMeta, FgramVocab
-from scone_jax.methods.scone import DistinctFgrams, FgramTokens
+from scone_jax.methods.scone import DistinctFgrams, PackedFgrams
+from tests.helpers import fgram_batch
 
 
 def _random_fgrams(rng, n, k):
@@ -97,11 +97,16 @@ def test_on_a_real_corpus_af_executes_within_1_25x_of_the_needed_slots(tiny_corp
   batches = list(itertools.islice(iter(pipeline.make_dataset(spec)), 56))[16:]
   work = np.sum([b["stat_train_only_work"] for b in batches], axis=0)
   assert work[1] <= 1.25 * work[0], (feature.buckets.sizes, work)
-  # The packed rows hold exactly the batch's distinct f-grams (recomputed here from fgram_id).
-  vocab = exp.method.fgram_vocab
+  # The packed rows hold exactly the batch's distinct f-grams (recomputed here with the matcher
+  # over each row's own tokens: a superset of the batch's f-grams minus those cut by a row start).
   for b in batches[:5]:
-    ids = np.unique(b["fgram_id"][b["fgram_id"] >= 0])
-    assert b["stat_train_only_work"][0] == sum(len(vocab.fgram(int(i))) for i in ids)
+    matched = (b["match_len"] >= 2) & (b["segment_ids"] > 0)
+    tuples = set()
+    for r, i in zip(*np.nonzero(matched)):
+      n = int(b["match_len"][r, i])
+      window = np.concatenate([b["history"][r, i], [b["inputs"][r, i]]])[-n:]
+      tuples.add(tuple(window.tolist()))
+    assert b["stat_train_only_work"][0] == sum(len(t) for t in tuples)
     assert (b["unique_packed_segments"] > 0).sum() == b["stat_train_only_work"][0]
     assert b["unique_packed_tokens"].shape[0] in feature.buckets.sizes or b["unique_packed_tokens"].shape[0] > max(feature.buckets.sizes)
 
@@ -109,16 +114,21 @@ def test_on_a_real_corpus_af_executes_within_1_25x_of_the_needed_slots(tiny_corp
 def test_a_batch_beyond_the_buckets_runs_in_a_larger_one():
   rng = np.random.default_rng(0)
   grams = sorted({tuple(rng.integers(4, 50, n).tolist()) for n in rng.integers(2, 4, 300)})
-  vocab = FgramVocab.from_tuples(grams, [1] * len(grams), FgramMeta(3, len(grams), 1, 0, "", len(grams), 50))
-  small = np.where(rng.random((2, 16)) < 0.5, rng.integers(0, 10, (2, 16)), -1).astype(np.int32)
-  big = np.arange(len(grams), dtype=np.int32)[:256].reshape(8, 32)
-  feature = DistinctFgrams(FgramTokens(vocab), sample=lambda: [{"fgram_id": small}])
-  out = feature({"fgram_id": big})
+
+  def batch(fgram_id):
+    base = {"inputs": np.zeros(fgram_id.shape, np.int32), "segment_ids": np.ones(fgram_id.shape, np.int32)}
+    return fgram_batch(base, grams, fgram_id, 3)
+
+  small = batch(np.where(rng.random((2, 16)) < 0.5, rng.integers(0, 10, (2, 16)), -1).astype(np.int32))
+  big_ids = rng.permutation(len(grams))[:256].astype(np.int32).reshape(8, 32)
+  feature = DistinctFgrams(PackedFgrams(3), sample=lambda: [small])
+  out = feature(batch(big_ids))
   assert out["unique_packed_tokens"].shape[0] > max(feature.buckets.sizes)
-  assert out["stat_train_only_work"][0] == sum(len(grams[i]) for i in range(256))
+  assert out["stat_train_only_work"][0] == sum(len(grams[i]) for i in big_ids.reshape(-1))
   # fgram_index points at each position's own f-gram in the packed list
   per_row = out["unique_packed_ends"].shape[1]
   for pos in range(0, 256, 17):
     r, j = divmod(int(out["fgram_index"].reshape(-1)[pos]), per_row)
-    end, m = int(out["unique_packed_ends"][r, j]), len(grams[pos])
-    assert tuple(out["unique_packed_tokens"][r, end - m + 1:end + 1].tolist()) == grams[pos]
+    g = grams[int(big_ids.reshape(-1)[pos])]
+    end = int(out["unique_packed_ends"][r, j])
+    assert tuple(out["unique_packed_tokens"][r, end - len(g) + 1:end + 1].tolist()) == g

@@ -13,10 +13,10 @@ from scone_jax import experiment
 from scone_jax.config import DataConfig, ModelConfig
 from scone_jax.fgram.build import build
 from scone_jax.fgram.vocab import FgramMeta, FgramVocab
-from scone_jax.methods.scone import DistinctFgrams, FgramConfig, FgramTokens, Scone
+from scone_jax.methods.scone import DistinctFgrams, FgramConfig, PackedFgrams, Scone
 from scone_jax.models import accounting
 from scone_jax.train import loop
-from tests.helpers import make_data, read_metrics, tiny_bindings
+from tests.helpers import fgram_batch, make_data, read_metrics, tiny_bindings
 from tests.reference import np_fgram_embedding, np_logits, np_params, np_scone_embeddings
 
 
@@ -46,7 +46,9 @@ def test_distinct_fgrams_equal_per_position_values_and_grads():
   base = {"inputs": inputs, "segment_ids": np.ones((b, l), np.int32),
           "positions": np.tile(np.arange(l, dtype=np.int32), (b, 1)), "fgram_id": fgram_id}
   # Packed: the distinct f-grams back to back in rows of 8 slots (several per row, fgram/packing.py).
-  distinct = DistinctFgrams(FgramTokens(vocab, row_len=8), planned=8)(dict(base))
+  base = fgram_batch(base, grams, fgram_id, k)
+  inputs = base["inputs"]
+  distinct = DistinctFgrams(PackedFgrams(k, row_len=8), planned=8)(dict(base))
   # Reference: one A_f input row per position, built straight from the tuples.
   per_pos_tokens = np.full((b * l, k), -1, np.int32)
   per_pos_len = np.ones(b * l, np.int32)
@@ -116,6 +118,25 @@ def _random_model(method, seed: int):
   return model
 
 
+def _documents_then_batch(method, batch: dict) -> dict:
+  """The pipeline's features on a batch whose segments are whole documents: the method's document
+  features on each segment, then its batch features."""
+  out = {**batch}
+  for r, row in enumerate(batch["segment_ids"]):
+    for seg in set(row.tolist()) - {0}:
+      where = np.flatnonzero(row == seg)
+      doc = {"inputs": batch["inputs"][r, where]}
+      for fn in method.document_features():
+        doc = fn(doc)
+      for k, v in doc.items():
+        if k != "inputs":
+          out.setdefault(k, np.full(batch["inputs"].shape + v.shape[1:], 1 if k == "match_len" else -1, v.dtype))[r, where] = v
+  for fn in method.batch_features(process_rows=len(batch["inputs"])):
+    out = fn(out)
+  out.pop("stat_train_only_work")
+  return out
+
+
 @pytest.mark.parametrize("main, fgram", [
     (dict(num_layers=2, num_heads=4, num_kv_heads=2, scan_layers=True, tie_embeddings=True),
      FgramConfig(num_layers=2, d_model=16, num_heads=2, num_kv_heads=1, d_ff=32)),
@@ -133,9 +154,9 @@ def test_embedding_and_logits_equal_the_numpy_reference(main, fgram):
   inputs, segments = np.array(HAND_INPUTS, np.int32), np.array(HAND_SEGMENTS, np.int32)
   positions = np.stack([np.concatenate([np.arange((s == v).sum()) for v in dict.fromkeys(s)]) for s in segments])
   batch = {"inputs": inputs, "segment_ids": segments, "positions": positions.astype(np.int32)}
-  for feature in method.row_features() + method.batch_features(process_rows=2):   # the real pipeline's
-    batch = feature(batch)
-  np.testing.assert_array_equal(batch["fgram_id"], EXPECTED_IDS)
+  batch = _documents_then_batch(method, batch)   # the real pipeline's features
+  np.testing.assert_array_equal(batch["match_len"],
+                                [[len(HAND_FGRAMS[i]) if i >= 0 else 1 for i in row] for row in EXPECTED_IDS])
   graphdef, state = nnx.split(model)
   emb, logits = jax.jit(lambda state, batch: (lambda m: (m.embed(batch), m(batch)))(nnx.merge(graphdef, state)))(
       state, {k: jnp.asarray(v) for k, v in batch.items()})

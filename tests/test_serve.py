@@ -15,7 +15,7 @@ from scone_jax.export.manifest import identity_of
 from scone_jax.methods.scone import DistinctFgrams, StoreRows
 from scone_jax.serve.store import RamStore, open_store
 from scone_jax.train.restore import load_run
-from tests.helpers import TINY_ROWS_PER_SHARD, WORDS
+from tests.helpers import TINY_ROWS_PER_SHARD, WORDS, fgram_batch
 from tests.reference import brute_force_suffix_match
 
 # eval and generate in-process over the shared run (several compiles each): slow.
@@ -46,7 +46,10 @@ def test_every_tier_fetches_the_stored_rows(served):
     assert store.fetch(np.array([], np.int64)).result().shape == (0, 32)
   # The eval feature: the batch's distinct f-grams, fetched once each, indexed per position.
   fgram_id = np.array([[ids[0], -1, ids[1]], [ids[1], ids[0], -1]])
-  batch = DistinctFgrams(StoreRows(ram), planned=8, process_index=1)({"fgram_id": fgram_id})   # list offset 1 x 8
+  grams = [tuple(int(t) for t in row if t >= 0) for row in ram.fgram_tokens]
+  base = {"inputs": np.zeros((2, 3), np.int32), "segment_ids": np.ones((2, 3), np.int32)}
+  batch = fgram_batch(base, grams, fgram_id, ram.fgram_tokens.shape[1])
+  batch = DistinctFgrams(StoreRows(ram), planned=8, process_index=1)(batch)   # list offset 1 x 8
   index = batch["fgram_index"]
   assert (index[fgram_id < 0] == -1).all()
   np.testing.assert_array_equal(batch["unique_rows"][index[fgram_id >= 0] - 8], ram.embeddings[fgram_id[fgram_id >= 0]])

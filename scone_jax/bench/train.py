@@ -56,8 +56,7 @@ def run(args) -> int:
 
   from scone_jax import parallel
   from scone_jax.config import MeshConfig, ModelConfig, TrainConfig
-  from scone_jax.fgram.vocab import FgramMeta, FgramVocab
-  from scone_jax.methods.scone import DistinctFgrams, FgramConfig, FgramTokens, SconeEmbedding
+  from scone_jax.methods.scone import DistinctFgrams, FgramConfig, PackedFgrams, SconeEmbedding
   from scone_jax.models import accounting, build_model
   from scone_jax.train.metrics import measure_matmul_peak
   from scone_jax.train.state import Trainer
@@ -95,14 +94,21 @@ def run(args) -> int:
   u = max(8, int(args.distinct_fraction * b * l))
   lengths = rng.integers(2, k + 1, u)
   grams = sorted({tuple(rng.integers(4, cfg.vocab_size, n).tolist()) for n in lengths})
-  vocab = FgramVocab.from_tuples(grams, [1] * len(grams), FgramMeta(k, len(grams), 1, 0, "", len(grams), cfg.vocab_size))
   fgram_id = np.where(rng.random((b, l)) < 0.6, rng.integers(0, len(grams), (b, l)), -1).astype(np.int32)
   fgram_id.reshape(-1)[:len(grams)] = np.arange(len(grams))   # every f-gram is used
-  features = DistinctFgrams(FgramTokens(vocab), granularity=mesh.shape["data"] * mesh.shape["fsdp"],
-                            sample=lambda: [{"fgram_id": fgram_id}])
-  sbatch = features({**batch, "fgram_id": fgram_id})
+  # Where fgram_id marks an f-gram, the position's last K-1 inputs and itself hold its tokens (the
+  # pipeline's History and match lengths), so the batch's dedup finds exactly these f-grams.
+  history = np.full((b, l, k - 1), -1, np.int32)
+  match_len = np.ones((b, l), np.int32)
+  inputs = batch["inputs"].copy()
+  for pos in zip(*np.nonzero(fgram_id >= 0)):
+    g = grams[fgram_id[pos]]
+    inputs[pos], history[pos][k - len(g):], match_len[pos] = g[-1], g[:-1], len(g)
+  sbatch = {**batch, "inputs": inputs, "history": history, "match_len": match_len}
+  features = DistinctFgrams(PackedFgrams(k), granularity=mesh.shape["data"] * mesh.shape["fsdp"],
+                            sample=lambda: [sbatch])
+  sbatch = features(sbatch)
   needed_slots, executed_slots, needed_fgrams, executed_entries = (int(x) for x in sbatch.pop("stat_train_only_work"))
-  sbatch.pop("fgram_id")
   scone_trainer = Trainer(scfg, tcfg, mesh, lambda: build_model(scfg, 0, input_embedding=lambda r: SconeEmbedding(scfg, fcfg, k, r)))
   fmodel = fcfg.model_config(scfg)
   per_slot = accounting.decoder_forward_flops(fmodel, k)

@@ -171,6 +171,17 @@ def _max_id(path: str) -> int:
                     f"{' '.join(str(e).split())[:120] or type(e).__name__}); re-run `scone-jax prepare`") from e
 
 
+def read_records(path: str) -> Iterator[bytes]:
+  """Every record of one ArrayRecord shard, in order, read 1024 at a time."""
+  reader = ArrayRecordReader(path)
+  try:
+    n = reader.num_records()
+    for start in range(0, n, 1024):
+      yield from reader.read(list(range(start, min(n, start + 1024))))
+  finally:
+    reader.close()
+
+
 def read_documents(data_dir: str, split: str) -> Iterator[np.ndarray]:
   """Yields every document of a split as an int32 array, shard by shard, in record order."""
   for path in shard_paths(data_dir, split):

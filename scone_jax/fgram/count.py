@@ -13,9 +13,15 @@ Bounded memory. The corpus is read once and cached in chunks of about `chunk_tok
 pass and chunk: the previous pass's per-position survivor ids give the candidate positions (both
 the (n-1)-prefix and the (n-1)-suffix survive), their keys are sorted and run-length counted, and
 the sorted (key, count) run is spilled to .npy; the runs are then k-way merged block by block and
-filtered by c_min into that pass's survivor file. Each chunk also spills, per position, the index
+filtered by c_min into that pass's survivor file. The merge reads at most MERGE_FAN_IN runs at a
+time (a memory-mapped run holds two file descriptors, keys and counts): more runs are first merged MERGE_FAN_IN at
+a time into intermediate runs, so any number of chunks runs under a small `ulimit -n`. Each chunk also spills, per position, the index
 of its key in its own run, so the next pass maps positions to global survivor ids with a
 searchsorted of the chunk's sorted unique keys (sorted queries: cheap) instead of one per position.
+
+No size limit: positions and run indices are int32 only while they fit (index_dtype), int64
+beyond (a document longer than 2^31 tokens lands in one chunk); counts are int64; token ids must
+fit int32 (the shard format) and keys must fit uint64, else a one-line UserError.
 """
 from __future__ import annotations
 
@@ -29,10 +35,45 @@ import numpy as np
 
 from scone_jax.errors import UserError
 from scone_jax.fgram.vocab import FgramMeta, FgramVocab
+from scone_jax.files import deferred_interrupts
 from scone_jax.progress import Bars, progress_bars
 
 DEFAULT_CHUNK_TOKENS = 1 << 23
 SEPARATOR = -1  # document boundary and special ids in the cached token chunks
+MERGE_FAN_IN = 16  # runs memory-mapped at once while merging (two files, so two fds, each)
+INT32_INDEX_LIMIT = (1 << 31) - 1  # largest index int32 holds; a module constant so tests can lower it
+MAX_VOCAB_SIZE = (1 << 31) - 1  # token ids are int32
+
+
+def index_dtype(length: int):
+  """int32 for indices into arrays of `length` entries while they fit, int64 beyond."""
+  return np.int32 if length <= INT32_INDEX_LIMIT else np.int64
+
+
+def check_vocab_size(vocab_size: int) -> None:
+  if vocab_size > MAX_VOCAB_SIZE:
+    raise UserError(f"vocab_size {vocab_size} is above {MAX_VOCAB_SIZE}: token ids are int32; use a smaller vocabulary")
+
+
+def document_tokens(doc, doc_index: int, vocab_size: int, source: str) -> np.ndarray:
+  """int32 [len + 1]: one document's ids followed by SEPARATOR; a UserError for ids outside [0, vocab_size)."""
+  doc = np.asarray(doc).reshape(-1)
+  if len(doc) and (doc.min() < 0 or doc.max() >= vocab_size):
+    bad = int(doc.min()) if doc.min() < 0 else int(doc.max())
+    raise UserError(f"{source}: document {doc_index} holds token id {bad}, outside the vocabulary of size {vocab_size}: "
+                    "the data does not match its meta.json; re-run `scone-jax prepare`")
+  piece = np.empty(len(doc) + 1, dtype=np.int32)
+  piece[:-1] = doc
+  piece[-1] = SEPARATOR
+  return piece
+
+
+def mask_specials(tokens: np.ndarray, special_ids) -> np.ndarray:
+  """Special ids become SEPARATOR (they break n-grams), in place; returns tokens."""
+  specials = np.asarray(sorted(set(int(s) for s in special_ids)), dtype=np.int64)
+  if len(specials):
+    tokens[np.isin(tokens, specials)] = SEPARATOR
+  return tokens
 
 
 def counted_meta(*, max_n: int, size: int, min_count: int, vocab_size: int, tokens_counted: int,
@@ -69,7 +110,9 @@ def count_fgrams(documents: Iterable[np.ndarray], *, vocab_size: int, special_id
   Returns an empty FgramVocab when no n-gram reaches min_count.
   """
   validate_params(max_n, size, min_count)
-  work = tempfile.mkdtemp(prefix=".fgram-count-", dir=tmp_dir)
+  check_vocab_size(vocab_size)
+  with deferred_interrupts():   # Ctrl-C never leaves a scratch directory behind
+    work = tempfile.mkdtemp(prefix=".fgram-count-", dir=tmp_dir)
   try:
     with progress_bars(enabled=progress) as bars:
       chunks, tokens_counted = _cache_chunks(documents, work, vocab_size, special_ids, chunk_tokens, bars, source)
@@ -87,13 +130,14 @@ def count_fgrams(documents: Iterable[np.ndarray], *, vocab_size: int, special_id
                         tokens_counted=tokens_counted, num_fgrams=len(counts))
     return FgramVocab(flat, offsets, counts, meta)
   finally:
-    shutil.rmtree(work, ignore_errors=True)
+    with deferred_interrupts():
+      shutil.rmtree(work, ignore_errors=True)
 
 
 @dataclasses.dataclass
 class _Chunk:
   tokens_path: str     # int32 [L]: documents, each followed by SEPARATOR
-  run_index_path: str  # int32 [L]: per position, index of its key in this chunk's last run, or -1
+  run_index_path: str  # int32 (int64 past 2^31) [L]: per position, index of its key in this chunk's last run, or -1
   run_keys_path: str   # uint64: the chunk's sorted unique keys of the last pass
   run_counts_path: str  # int64: their counts
   num_tokens: int
@@ -101,7 +145,6 @@ class _Chunk:
 
 def _cache_chunks(documents, work, vocab_size, special_ids, chunk_tokens, bars: Bars, source):
   """Reads the documents once into chunk files; returns (chunks, tokens read)."""
-  specials = np.asarray(sorted(set(int(s) for s in special_ids)), dtype=np.int64)
   chunks: list[_Chunk] = []
   pending: list[np.ndarray] = []
   pending_len = 0
@@ -112,9 +155,7 @@ def _cache_chunks(documents, work, vocab_size, special_ids, chunk_tokens, bars: 
     nonlocal pending, pending_len
     if not pending:
       return
-    tokens = np.concatenate(pending)
-    if len(specials):
-      tokens[np.isin(tokens, specials)] = SEPARATOR
+    tokens = mask_specials(np.concatenate(pending), special_ids)
     i = len(chunks)
     path = lambda kind: os.path.join(work, f"chunk{i:06d}.{kind}.npy")
     np.save(path("tokens"), tokens)
@@ -122,21 +163,13 @@ def _cache_chunks(documents, work, vocab_size, special_ids, chunk_tokens, bars: 
     pending, pending_len = [], 0
 
   for doc_index, doc in enumerate(documents):
-    doc = np.asarray(doc).reshape(-1)
-    tokens_counted += len(doc)
-    if len(doc) and (doc.min() < 0 or doc.max() >= vocab_size):
-      bad = int(doc.min()) if doc.min() < 0 else int(doc.max())
-      raise UserError(f"{source}: document {doc_index} holds token id {bad}, outside the vocabulary of size {vocab_size}: "
-                      "the data does not match its meta.json; re-run `scone-jax prepare`")
-    doc = doc.astype(np.int32, copy=False)
-    piece = np.empty(len(doc) + 1, dtype=np.int32)
-    piece[:-1] = doc
-    piece[-1] = SEPARATOR
+    piece = document_tokens(doc, doc_index, vocab_size, source)
+    tokens_counted += len(piece) - 1
     pending.append(piece)
     pending_len += len(piece)
     if pending_len >= chunk_tokens:
       flush()
-    task.advance(len(doc))
+    task.advance(len(piece) - 1)
   flush()
   task.finish()
   return chunks, tokens_counted
@@ -153,7 +186,9 @@ class _PassCounter:
   def run_pass(self, n: int, last: bool) -> tuple[np.ndarray, np.ndarray]:
     """Counts the candidate n-grams; returns (sorted keys, counts) of those reaching c_min."""
     prefix_ids = self.vocab_size if n == 2 else len(self.survivor_keys[n - 1])
-    assert prefix_ids * self.vocab_size < 2**64, "n-gram keys would overflow uint64"
+    if prefix_ids * self.vocab_size >= 2**64:
+      raise UserError(f"pass n={n}: {prefix_ids} surviving prefixes x vocabulary {self.vocab_size} overflow 64-bit "
+                      "keys; raise --min_count")
     key_bits = (prefix_ids * self.vocab_size).bit_length()
     task = self.bars.task(f"pass n={n}", total=sum(c.num_tokens for c in self.chunks))
     runs = []
@@ -167,7 +202,7 @@ class _PassCounter:
       del ids
       run_keys, run_counts, inverse = sort_and_count(keys, key_bits, want_inverse=not last)
       if not last:
-        run_index = np.full(len(tokens), -1, dtype=np.int32)
+        run_index = np.full(len(tokens), -1, dtype=index_dtype(len(run_keys)))
         run_index[positions] = inverse
         np.save(chunk.run_index_path, run_index)
       np.save(chunk.run_keys_path + f".{n}.npy", run_keys)
@@ -199,8 +234,22 @@ class _PassCounter:
     return ids
 
   def _merge(self, runs: list[tuple[str, str]], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merges the chunk runs of pass n and keeps keys with count >= c_min (memory-mapped result)."""
-    loaded = [(np.load(k, mmap_mode="r"), np.load(c, mmap_mode="r")) for k, c in runs]
+    """Merges the chunk runs of pass n and keeps keys with count >= c_min (memory-mapped result).
+    At most MERGE_FAN_IN runs are open at once: more are merged in groups into intermediate runs first."""
+    level = 0
+    while len(runs) > MERGE_FAN_IN:
+      merged = []
+      for g in range(0, len(runs), MERGE_FAN_IN):
+        group = runs[g:g + MERGE_FAN_IN]
+        out = (os.path.join(self.work, f"merge{n}.{level}.{g}.keys.u64"),
+               os.path.join(self.work, f"merge{n}.{level}.{g}.counts.i64"))
+        _write_run(merge_runs(_open_runs(group), self.merge_block), out)
+        if level > 0:  # intermediate runs of the level below are no longer needed
+          for path in (p for run in group for p in run):
+            os.remove(path)
+        merged.append(out)
+      runs, level = merged, level + 1
+    loaded = _open_runs(runs)
     keys_path = os.path.join(self.work, f"survivors{n}.keys.u64")
     counts_path = os.path.join(self.work, f"survivors{n}.counts.i64")
     total = 0
@@ -210,21 +259,44 @@ class _PassCounter:
         keys[keep].tofile(keys_file)
         counts[keep].tofile(counts_file)
         total += int(keep.sum())
+    del loaded
+    if level > 0:
+      for path in (p for run in runs for p in run):
+        os.remove(path)
     if total == 0:
       return np.empty(0, np.uint64), np.empty(0, np.int64)
     return (np.memmap(keys_path, dtype=np.uint64, mode="r", shape=(total,)),
             np.memmap(counts_path, dtype=np.int64, mode="r", shape=(total,)))
 
 
+def _open_runs(runs: list[tuple[str, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Memory-maps runs: chunk runs are .npy files, intermediate merged runs raw .u64/.i64 files."""
+  def open_one(path, dtype):
+    if path.endswith(".npy"):
+      return np.load(path, mmap_mode="r")
+    size = os.path.getsize(path) // 8
+    return np.memmap(path, dtype=dtype, mode="r", shape=(size,)) if size else np.empty(0, dtype)
+  return [(open_one(k, np.uint64), open_one(c, np.int64)) for k, c in runs]
+
+
+def _write_run(blocks: Iterator[tuple[np.ndarray, np.ndarray]], paths: tuple[str, str]) -> None:
+  """Writes merged (keys, counts) blocks as one raw run (keys .u64, counts .i64)."""
+  with open(paths[0], "wb") as keys_file, open(paths[1], "wb") as counts_file:
+    for keys, counts in blocks:
+      keys.astype(np.uint64, copy=False).tofile(keys_file)
+      counts.astype(np.int64, copy=False).tofile(counts_file)
+
+
 def sort_and_count(keys: np.ndarray, key_bits: int, want_inverse: bool = True):
   """Sorts uint64 keys and run-length counts them.
 
-  Returns (unique keys ascending uint64 [U], counts int64 [U], inverse int32 [N] or None) where
+  Returns (unique keys ascending uint64 [U], counts int64 [U], inverse [N] or None: int32, or
+  int64 past INT32_INDEX_LIMIT entries) where
   unique[inverse[i]] == keys[i]. When key and position fit together in 64 bits the position rides
   in the low bits, so one plain (SIMD) sort replaces a slower argsort.
   """
   if len(keys) == 0:
-    return np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.int32)
+    return np.empty(0, np.uint64), np.empty(0, np.int64), (np.empty(0, np.int32) if want_inverse else None)
   if not want_inverse:
     sorted_keys, order = np.sort(keys), None
   else:
@@ -247,8 +319,9 @@ def sort_and_count(keys: np.ndarray, key_bits: int, want_inverse: bool = True):
   unique = sorted_keys[starts]
   inverse = None
   if order is not None:
-    inverse = np.empty(len(keys), dtype=np.int32)
-    inverse[order] = np.cumsum(new_run, dtype=np.int32) - 1
+    dtype = index_dtype(len(keys))
+    inverse = np.empty(len(keys), dtype=dtype)
+    inverse[order] = np.cumsum(new_run, dtype=dtype) - 1
   return unique, counts, inverse
 
 

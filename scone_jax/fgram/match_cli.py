@@ -3,6 +3,8 @@
 One JSON line per document, `{"doc": i, "fgram_id": [...], "length": [...]}` over the document's
 own tokens (each document alone is one segment, so its first token never matches), or a
 readable listing with `--format text`. Refuses f-grams built from other data unless told.
+With `--tags TAGS` (`scone-jax fgrams tag`) the lengths are read from TAGS, not matched; each
+tagged f-gram's id is looked up from its tokens (the same lines as without it).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--format", default="jsonl", choices=("jsonl", "text"))
   parser.add_argument("--allow_other_data", action="store_true",
                       help="match even though FG was counted on another data directory")
+  parser.add_argument("--tags", default=None, help="read the match lengths from this TAGS directory (fgrams tag)")
   parser.add_argument("--progress", action="store_true", help="show progress even when stderr is not a TTY")
 
 
@@ -52,6 +55,21 @@ def load_checked(fg_dir: str, data_dir: str, allow_other_data: bool) -> tuple[vo
   if fgrams.flat.size and (fgrams.flat.min() < 0 or fgrams.flat.max() >= data_meta.vocab_size):
     raise UserError(f"f-grams {fg_dir!r} hold token ids outside 0..{data_meta.vocab_size - 1}; rebuild the f-grams")
   return fgrams, data_meta
+
+
+def tagged_documents(matcher: ExactMatcher, tags_dir: str, data_dir: str, split: str, documents):
+  """Yields (tokens, fgram_id, match_len) per document with the lengths of TAGS (over [BOS] +
+  the document; its own tokens start at 1) and each f-gram's id from its tokens."""
+  k = matcher.max_n
+  records = (t for path in shards.shard_paths(data_dir, split)
+             for t in shards.read_records(os.path.join(tags_dir, os.path.basename(path))))
+  for doc, tag in zip(documents, records):
+    match_len = np.frombuffer(tag, np.uint8).astype(np.int32)[1:]
+    padded = np.concatenate([np.full(k - 1, -1, np.int32), doc.astype(np.int32)])
+    windows = padded[np.arange(len(doc))[:, None] + np.arange(k)[None, :]]
+    windows = np.where(np.arange(k)[None, :] >= k - match_len[:, None], windows, -1)   # the f-gram only
+    fgram_id = matcher.match_last(windows)[0] if len(doc) else np.zeros(0, np.int32)
+    yield doc, np.where(match_len >= 2, fgram_id, -1).astype(np.int32), match_len
 
 
 def match_documents(matcher: ExactMatcher, documents) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -132,7 +150,14 @@ def run(args: argparse.Namespace) -> int:
   out = sys.stdout
   try:
     with progress_bar("matching", total, enabled=args.progress or None, transient=True) as bar:
-      for doc, (tokens, fgram_id, match_len) in enumerate(match_documents(matcher, documents())):
+      if args.tags:
+        from scone_jax.fgram import tags as tags_lib
+        tags_lib.check(args.tags, args.data, tags_lib.fgrams_sha256(args.fgrams, fgrams), fgrams.meta.max_n, len(fgrams),
+                       splits=(args.split,))
+        matches = tagged_documents(matcher, args.tags, args.data, args.split, documents())
+      else:
+        matches = match_documents(matcher, documents())
+      for doc, (tokens, fgram_id, match_len) in enumerate(matches):
         if args.format == "jsonl":
           out.write(json.dumps({"doc": doc, "fgram_id": fgram_id.tolist(), "length": match_len.tolist()},
                                separators=(",", ":")) + "\n")

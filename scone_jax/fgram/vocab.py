@@ -1,7 +1,15 @@
 """The f-gram vocabulary file: `FG/fgrams.parquet` (rank order) and `FG/meta.json`.
 
-Row r of fgrams.parquet is f-gram id r: columns `tokens` (list<int32>) and `count` (int64),
-ranked by (count desc, n asc, token ids asc) as docs/METHODS.md 1.1 fixes.
+Row r of fgrams.parquet is f-gram id r: columns `tokens` (large_list<int32>, int64 offsets: no
+2^31-token limit; readers also accept list<int32>) and `count` (int64), ranked by (count desc,
+n asc, token ids asc) as docs/METHODS.md 1.1 fixes.
+
+Sharded vocabularies. A vocabulary of more than `rows_per_file` rows (default 2^22) is written as
+`fgrams-00000-of-000NN.parquet` ... in rank order: file k holds rows [k * rows_per_file, ...).
+The layout depends only on (number of rows, rows_per_file), and every file is written by
+write_rows, so the local and the Beam runner write the same bytes. meta.json's parquet_sha256 is
+the file's sha256 for one file (what runs record as fgrams_sha256, unchanged) and, for shards,
+the sha256 of the `sha256sum`-style listing "<file sha256>  <name>\n" of every shard in order.
 In memory the f-grams are kept flat: `flat` holds every f-gram's ids back to back and
 `offsets[r]:offsets[r+1]` is f-gram r. FgramVocab is also what the counters (count.py,
 beam_count.py) return, its meta holding what a counter knows (count.counted_meta).
@@ -12,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +32,56 @@ from scone_jax.integrity import file_sha256 as _sha256
 
 PARQUET = "fgrams.parquet"
 META = "meta.json"
+ROWS_PER_FILE = 1 << 22
+_SHARD = re.compile(r"^fgrams-(\d{5})-of-(\d{5})\.parquet$")
+
+
+def file_names(num_rows: int, rows_per_file: int = ROWS_PER_FILE) -> list[str]:
+  """The parquet file names of a vocabulary of num_rows rows: [PARQUET], or the shards in order."""
+  num_files = max(1, -(-num_rows // rows_per_file))
+  if num_files == 1:
+    return [PARQUET]
+  return [f"fgrams-{k:05d}-of-{num_files:05d}.parquet" for k in range(num_files)]
+
+
+def combined_sha256(names: list[str], shas: list[str]) -> str:
+  """parquet_sha256 of a vocabulary: the file's sha256 for one file, else the listing's sha256."""
+  if names == [PARQUET]:
+    return shas[0]
+  listing = "".join(f"{sha}  {name}\n" for name, sha in zip(names, shas))
+  return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def parquet_files(fg_dir: str) -> list[str]:
+  """The parquet file names in FG, in rank order (refuses both layouts at once, or missing shards)."""
+  names = os.listdir(fg_dir) if os.path.isdir(fg_dir) else []
+  shards = sorted(n for n in names if _SHARD.match(n))
+  if PARQUET in names and shards:
+    raise UserError(f"{fg_dir!r} holds both {PARQUET} and {shards[0]}...: rebuild the f-grams")
+  if not shards:
+    return [PARQUET]
+  total = int(_SHARD.match(shards[0]).group(2))
+  expected = [f"fgrams-{k:05d}-of-{total:05d}.parquet" for k in range(total)]
+  if shards != expected:
+    missing = sorted(set(expected) - set(shards)) or sorted(set(shards) - set(expected))
+    raise UserError(f"{fg_dir!r} has {len(shards)} f-gram shards, not the {total} its names say "
+                    f"({missing[0]} missing or extra): rebuild the f-grams")
+  return shards
+
+
+def rows_table(flat: np.ndarray, offsets: np.ndarray, counts: np.ndarray) -> pa.Table:
+  """The parquet table of f-gram rows: tokens large_list<int32> (int64 offsets), count int64."""
+  offsets = np.asarray(offsets, dtype=np.int64)
+  values = np.asarray(flat, dtype=np.int32)[offsets[0]:offsets[-1]] if len(offsets) else np.empty(0, np.int32)
+  tokens = pa.LargeListArray.from_arrays(pa.array(offsets - offsets[0] if len(offsets) else [0], pa.int64()),
+                                         pa.array(values, pa.int32()))
+  return pa.table({"tokens": tokens, "count": pa.array(np.asarray(counts, dtype=np.int64), pa.int64())})
+
+
+def write_rows(f, flat: np.ndarray, offsets: np.ndarray, counts: np.ndarray) -> None:
+  """Writes f-gram rows as one parquet file to a path or binary file object (the one writer of
+  every f-gram file: same rows, same bytes)."""
+  pq.write_table(rows_table(flat, offsets, counts), f)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,25 +140,33 @@ class FgramVocab:
     return cls(flat, offsets, np.asarray(counts, dtype=np.int64), meta)
 
 
-def save(vocab: FgramVocab, out_dir: str) -> None:
+def save(vocab: FgramVocab, out_dir: str, rows_per_file: int = ROWS_PER_FILE) -> None:
   """Writes FG atomically (scone_jax.files.atomic_directory): an interrupted write never leaves
-  a directory that looks complete."""
+  a directory that looks complete. More than rows_per_file rows go to shards (file_names)."""
   with atomic_directory(out_dir) as tmp:
-    tokens = pa.ListArray.from_arrays(pa.array(vocab.offsets.astype(np.int32)), pa.array(vocab.flat, pa.int32()))
-    table = pa.table({"tokens": tokens, "count": pa.array(vocab.counts, pa.int64())})
-    pq.write_table(table, os.path.join(tmp, PARQUET))
-    meta = dataclasses.replace(vocab.meta, num_fgrams=len(vocab), parquet_sha256=_sha256(os.path.join(tmp, PARQUET)))
-    meta = dataclasses.replace(meta, meta_sha256=meta.content_sha256())
-    with open(os.path.join(tmp, META), "w") as f:
-      json.dump(dataclasses.asdict(meta), f, indent=2, sort_keys=True)
+    names = file_names(len(vocab), rows_per_file)
+    for k, name in enumerate(names):
+      lo, hi = k * rows_per_file, min(len(vocab), (k + 1) * rows_per_file)
+      write_rows(os.path.join(tmp, name), vocab.flat, vocab.offsets[lo:hi + 1], vocab.counts[lo:hi])
+    write_meta(tmp, vocab.meta, names, len(vocab))
 
 
-def load(fg_dir: str, verify: bool = True) -> FgramVocab:
-  """Reads FG; refuses a directory whose parquet does not match the hash in its meta.json."""
-  meta_path, pq_path = os.path.join(fg_dir, META), os.path.join(fg_dir, PARQUET)
-  for p in (meta_path, pq_path):
-    if not os.path.isfile(p):
-      raise UserError(f"{p!r} does not exist: build it with `scone-jax fgrams build --out {fg_dir}`")
+def write_meta(fg_dir: str, meta: FgramMeta, names: list[str], num_fgrams: int) -> FgramMeta:
+  """Writes FG/meta.json for the parquet files `names` already in fg_dir (their combined sha256)."""
+  digest = combined_sha256(names, [_sha256(os.path.join(fg_dir, n)) for n in names])
+  meta = dataclasses.replace(meta, num_fgrams=num_fgrams, parquet_sha256=digest)
+  meta = dataclasses.replace(meta, meta_sha256=meta.content_sha256())
+  with open(os.path.join(fg_dir, META), "w") as f:
+    json.dump(dataclasses.asdict(meta), f, indent=2, sort_keys=True)
+  return meta
+
+
+def load_meta(fg_dir: str) -> FgramMeta:
+  """FG's meta.json alone (checked against its own hash): what a process needs that reads
+  pre-computed tags instead of the vocabulary (K, S, the identities)."""
+  meta_path = os.path.join(fg_dir, META)
+  if not os.path.isfile(meta_path):
+    raise UserError(f"{meta_path!r} does not exist: build it with `scone-jax fgrams build --out {fg_dir}`")
   try:
     with open(meta_path) as f:
       meta = FgramMeta(**json.load(f))
@@ -107,20 +174,66 @@ def load(fg_dir: str, verify: bool = True) -> FgramVocab:
     raise UserError(f"{meta_path!r} is not a valid f-gram meta.json ({e}); rebuild the f-grams") from e
   if meta.meta_sha256 and meta.content_sha256() != meta.meta_sha256:
     raise UserError(f"{meta_path!r} does not match its own sha256 (edited or corrupted); rebuild the f-grams")
-  if verify and meta.parquet_sha256 and _sha256(pq_path) != meta.parquet_sha256:
+  return meta
+
+
+def fgrams_sha256(fg_dir: str, meta: FgramMeta) -> str:
+  """The identity of FG's f-gram file(s), as runs, stores and tags record it: meta.json's
+  parquet_sha256, or (vocabularies written before it was recorded) computed the same way."""
+  if meta.parquet_sha256:
+    return meta.parquet_sha256
+  names = parquet_files(fg_dir)
+  return combined_sha256(names, [_sha256(os.path.join(fg_dir, n)) for n in names])
+
+
+def load(fg_dir: str, verify: bool = True) -> FgramVocab:
+  """Reads FG (one parquet file or shards); refuses a directory whose parquet does not match the
+  hash in its meta.json."""
+  meta_path = os.path.join(fg_dir, META)
+  names = parquet_files(fg_dir)
+  for p in (meta_path, os.path.join(fg_dir, names[0])):
+    if not os.path.isfile(p):
+      raise UserError(f"{p!r} does not exist: build it with `scone-jax fgrams build --out {fg_dir}`")
+  pq_path = os.path.join(fg_dir, names[0]) if len(names) == 1 else os.path.join(fg_dir, "fgrams-*.parquet")
+  meta = load_meta(fg_dir)
+  if verify and meta.parquet_sha256 and combined_sha256(
+      names, [_sha256(os.path.join(fg_dir, n)) for n in names]) != meta.parquet_sha256:
     raise UserError(f"{pq_path!r} does not match the sha256 in its meta.json (corrupted?); rebuild the f-grams")
-  try:
-    table = pq.read_table(pq_path, columns=["tokens", "count"])
-  except (pa.ArrowException, OSError, KeyError) as e:
-    raise UserError(f"{pq_path!r} is not an f-gram table with columns tokens and count ({' '.join(str(e).split())[:160]}); "
-                    "rebuild the f-grams") from e
-  tokens = table.column("tokens").combine_chunks()
-  offsets = np.asarray(tokens.offsets, dtype=np.int64)
-  flat = np.asarray(tokens.values, dtype=np.int32)
-  counts = np.asarray(table.column("count"), dtype=np.int64)
-  vocab = FgramVocab(flat, offsets - offsets[0], counts, meta)
+  flats, lengths, counts = [], [], []
+  for name in names:
+    flat, offsets, count = read_rows(os.path.join(fg_dir, name))
+    flats.append(flat)
+    lengths.append(np.diff(offsets))
+    counts.append(count)
+  offsets = np.zeros(sum(len(c) for c in counts) + 1, dtype=np.int64)
+  np.cumsum(np.concatenate(lengths), out=offsets[1:])
+  vocab = FgramVocab(np.concatenate(flats), offsets, np.concatenate(counts), meta)
   _check_against_meta(vocab, pq_path)
   return vocab
+
+
+def read_rows(path_or_file, where: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(flat int32, offsets int64 from 0, counts int64) of one f-gram parquet file, tokens as
+  list<int32> or large_list<int32>."""
+  where = where or str(path_or_file)
+  try:
+    table = pq.read_table(path_or_file, columns=["tokens", "count"])
+    tokens = table.column("tokens")
+    if not (pa.types.is_list(tokens.type) or pa.types.is_large_list(tokens.type)):
+      raise KeyError(f"column tokens is {tokens.type}, not a list")
+  except (pa.ArrowException, OSError, KeyError) as e:
+    raise UserError(f"{where!r} is not an f-gram table with columns tokens and count ({' '.join(str(e).split())[:160]}); "
+                    "rebuild the f-grams") from e
+  flats, lengths = [], []
+  for chunk in tokens.chunks:  # per chunk: 32-bit list offsets never need to span the whole column
+    offsets = np.asarray(chunk.offsets, dtype=np.int64)
+    flats.append(np.asarray(chunk.values, dtype=np.int32)[offsets[0]:offsets[-1]])
+    lengths.append(np.diff(offsets))
+  offsets = np.zeros(len(tokens) + 1, dtype=np.int64)
+  if lengths:
+    np.cumsum(np.concatenate(lengths), out=offsets[1:])
+  flat = np.concatenate(flats) if flats else np.empty(0, np.int32)
+  return flat, offsets, np.asarray(table.column("count"), dtype=np.int64)
 
 
 def _check_against_meta(vocab: FgramVocab, where: str) -> None:

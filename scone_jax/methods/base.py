@@ -63,6 +63,16 @@ class Method:
     return build_model(self.model, seed, input_embedding=self.input_embedding(), ffn_up=self.ffn_up())
 
   # -- host-side features ----------------------------------------------------------------------
+  def document_features(self, tagged: bool = True) -> tuple:
+    """Callables document dict -> document dict, run on every whole document before it is
+    packed into rows; each has `fields`, the per-input arrays it adds (data/pipeline.py).
+    tagged: the documents come with the method's sidecar (False: other data than the run's)."""
+    return ()
+
+  def sidecar(self) -> tuple[str, str] | None:
+    """(field, directory) of per-document values stored beside DATA's shards (SCONE's TAGS)."""
+    return None
+
   def row_features(self) -> tuple:
     """Callables row dict -> row dict, run on every packed row."""
     return ()

@@ -9,8 +9,11 @@ Everything the method is, in one place:
                      embedding. Causal attention makes right-padding exact.
   SconeEmbedding     the model's input embedding: A_f's output where an f-gram matches (it
                      replaces T[x_i]: no add, no gate), else T[x_i]
-  MatchRow           pipeline row feature: the longest f-gram ending at every position
-                     (exact matcher, never across segments)
+  MatchDocument      pipeline document feature: the length of the longest f-gram ending at every
+                     input of a whole document (exact matcher), or read from TAGS (`fgrams tag`)
+  History            pipeline document feature: the K-1 inputs before every input, so that every
+                     matched f-gram's tokens are known even where a row starts inside it
+  MatchRow           the same match over packed rows (never across segments): tests, tools
   DistinctFgrams     pipeline batch feature: the batch's distinct f-grams, padded to a static U,
                      with `fgram_index` [B, L] into them, and their A_f inputs (`unique_tokens`
                      [U, K], `unique_lengths` [U]) or their rows of an exported table
@@ -36,9 +39,8 @@ from scone_jax import config as C, parallel
 from scone_jax.config import ModelConfig
 from scone_jax.data import shards
 from scone_jax.errors import UserError
-from scone_jax.fgram import packing, vocab as fgram_vocab
+from scone_jax.fgram import packing, tags, vocab as fgram_vocab
 from scone_jax.fgram.matcher import ExactMatcher, dedup_batch
-from scone_jax.integrity import file_sha256
 from scone_jax.methods.base import Method
 from scone_jax.models.accounting import decoder_forward_flops
 from scone_jax.models.layers import FGRAM_AXES, RMSNorm, param
@@ -63,6 +65,7 @@ class FgramConfig:
   d_ff: int = 0
   max_unique: int = 0           # planned distinct f-grams per process batch (`compile`); 0 = never-overflowing bound
   max_n: int = 0                # planned K: lets `compile` size a run with no f-gram file (else the file's K)
+  tags_dir: str = ""            # TAGS: match lengths precomputed by `fgrams tag` (fgram/tags.py); "" = match here
   row_len: int = 0              # slots per packed A_f row (fgram/packing.py); 0 = 4K rounded up to a multiple of 8
   buckets: int = 4              # static A_f batch shapes chosen from the data (one compile each)
   sample_batches: int = 32      # batches read at start to choose them
@@ -175,6 +178,51 @@ class MatchRow:
     return {**row, "fgram_id": fgram_id.astype("int32"), "match_len": match_len.astype("int32")}
 
 
+class MatchDocument:
+  """Document feature: the length of the longest f-gram ending at every input of a whole
+  document ([BOS] + its tokens; 1 = no match), before the document is cut into rows, so a
+  position at the start of a row that continues a document matches as in the whole document.
+  `fgrams tag` writes the same numbers to disk (fgram/tags.py): training then reads them."""
+  fields = ("match_len",)
+
+  def __init__(self, matcher: ExactMatcher):
+    self.matcher = matcher
+
+  def __call__(self, doc: dict) -> dict:
+    _, match_len = self.matcher.match(doc["inputs"])
+    return {**doc, "match_len": match_len.astype(np.int32)}
+
+
+class History:
+  """Document feature: the K-1 inputs before every input (-1 before the document start): with
+  `match_len` they give every matched f-gram's tokens, x_{i-n+1..i}, even where a row starts
+  inside the f-gram. No vocabulary needed."""
+  fields = ("history",)
+
+  def __init__(self, max_n: int):
+    self.width = max_n - 1
+
+  def __call__(self, doc: dict) -> dict:
+    x = doc["inputs"]
+    padded = np.concatenate([np.full(self.width, -1, np.int32), x.astype(np.int32)])
+    n = len(x)
+    cols = np.arange(n)[:, None] + np.arange(self.width)[None, :]
+    return {**doc, "history": padded[cols]}
+
+
+def matched_fgrams(batch: dict, max_n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The f-gram that ends at every matched position of a batch, as tokens: (matched bool [B, L],
+  tokens int32 [N, K] left-aligned and -1 padded for the N matched positions in order, their
+  lengths int32 [N])."""
+  n = batch["match_len"]
+  matched = (n >= 2) & (batch["segment_ids"] > 0)
+  windows = np.concatenate([batch["history"], batch["inputs"][..., None]], axis=-1)[matched]   # [N, K]
+  lengths = n[matched].astype(np.int32)
+  cols = np.arange(max_n)[None, :] + (max_n - lengths)[:, None]
+  tokens = np.where(cols < max_n, np.take_along_axis(windows, np.minimum(cols, max_n - 1), axis=1), -1)
+  return matched, tokens.astype(np.int32), lengths
+
+
 def distinct_fgrams(fgram_id: np.ndarray, max_unique: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
   """The one dedup step: (distinct ids int32 [max_unique], -1 padded; per-position index int32
   into them plus `offset` (the process's part of the list concatenated over processes), -1 =
@@ -190,36 +238,40 @@ def distinct_fgrams(fgram_id: np.ndarray, max_unique: int, offset: int = 0) -> t
 
 
 class FgramTokens:
-  """Rows source for A_f: the distinct f-grams' tokens [U, K] (-1 padded) and lengths [U]
-  (`fetch`, decode); packed into rows (`need`/`packed`, training and eval: fgram/packing.py)."""
+  """Rows source for A_f at decode: the distinct f-grams' tokens [U, K] (-1 padded) and lengths [U]."""
 
-  def __init__(self, vocab: fgram_vocab.FgramVocab, row_len: int = 0):
+  def __init__(self, vocab: fgram_vocab.FgramVocab):
     tokens, lengths = vocab.token_matrix()
     self.tokens = np.concatenate([tokens, np.full((1, tokens.shape[1]), -1, np.int32)])   # last row: padding
     self.lengths = np.concatenate([lengths, [0]]).astype(np.int32)
-    self.row_len = row_len or packing.default_row_len(tokens.shape[1])
 
   def fetch(self, unique_ids: np.ndarray, n: int):
     rows = np.where(unique_ids >= 0, unique_ids, len(self.lengths) - 1)
     return Done({"unique_tokens": self.tokens[rows], "unique_lengths": self.lengths[rows]})
 
-  # -- packed (DistinctFgrams) --
-  def need(self, ids: np.ndarray) -> int:
-    """Packed rows the distinct f-grams `ids` take."""
-    return packing.rows_needed(self.lengths[ids], self.row_len)
+
+class PackedFgrams:
+  """A_f's inputs for DistinctFgrams: the distinct f-grams' tokens packed into rows
+  (fgram/packing.py). Needs only K: the tokens come from the batch itself."""
+
+  def __init__(self, max_n: int, row_len: int = 0):
+    self.max_n, self.row_len = max_n, row_len or packing.default_row_len(max_n)
+
+  def need(self, tokens: np.ndarray, lengths: np.ndarray) -> int:
+    """Packed rows the distinct f-grams take."""
+    return packing.rows_needed(lengths, self.row_len)
 
   def planned(self, max_distinct: int) -> int:
     """Rows that any max_distinct f-grams fit in (all of length K)."""
-    k = self.tokens.shape[1]
-    return -(-max_distinct // (self.row_len // k))
+    return -(-max_distinct // (self.row_len // self.max_n))
 
-  def slots(self, ids: np.ndarray, size: int) -> tuple[int, int, int, int]:
+  def slots(self, lengths: np.ndarray, size: int) -> tuple[int, int, int, int]:
     """A_f's work: (needed, executed) token slots, (needed, executed) f-gram outputs."""
-    return int(self.lengths[ids].sum()), size * self.row_len, len(ids), size * (self.row_len // 2)
+    return int(lengths.sum()), size * self.row_len, len(lengths), size * (self.row_len // 2)
 
-  def packed(self, ids: np.ndarray, size: int, process_index: int):
-    """The f-grams `ids` packed into `size` rows: (arrays, global list index of each id)."""
-    arrays, index = packing.pack(self.tokens[ids], self.lengths[ids], size, self.row_len)
+  def packed(self, tokens: np.ndarray, lengths: np.ndarray, size: int, process_index: int):
+    """The f-grams packed into `size` rows: (Pending arrays, global list index of each)."""
+    arrays, index = packing.pack(tokens, lengths, size, self.row_len)
     offset = process_index * size * (self.row_len // 2)
     return Done({f"unique_packed_{k}": v for k, v in arrays.items()}), index + offset
 
@@ -229,7 +281,7 @@ class StoreRows:
   of float rows [n, d]): `unique_rows` [U, d], zero rows after the n distinct ones."""
 
   def __init__(self, store):
-    self.store = store
+    self.store, self._matcher = store, None
 
   def fetch(self, unique_ids: np.ndarray, n: int):
     size = len(unique_ids)
@@ -242,16 +294,26 @@ class StoreRows:
     return Mapped(self.store.fetch(unique_ids[:n]), pad)
 
   # -- the list of distinct f-grams' rows, `size` long (DistinctFgrams) --
-  def need(self, ids: np.ndarray) -> int:
-    return len(ids)
+  def need(self, tokens: np.ndarray, lengths: np.ndarray) -> int:
+    return len(lengths)
 
   def planned(self, max_distinct: int) -> int:
     return max_distinct
 
-  def slots(self, ids: np.ndarray, size: int) -> tuple[int, int, int, int]:
+  def slots(self, lengths: np.ndarray, size: int) -> tuple[int, int, int, int]:
     return 0, 0, 0, 0   # no A_f runs
 
-  def packed(self, ids: np.ndarray, size: int, process_index: int):
+  def packed(self, tokens: np.ndarray, lengths: np.ndarray, size: int, process_index: int):
+    """The stored rows of these f-grams (their ids from the store's own keys)."""
+    if self._matcher is None:
+      self._matcher = matcher_from_tokens(self.store.fgram_tokens)
+    k = tokens.shape[1]
+    cols = np.arange(k)[None, :] - (k - lengths)[:, None]   # right-aligned: the f-gram ends in the last column
+    right = np.where(cols >= 0, np.take_along_axis(tokens, np.maximum(cols, 0), axis=1), -1)
+    ids, got = self._matcher.match_last(right) if len(right) else (np.zeros(0, np.int32), np.zeros(0, np.int32))
+    if (got != lengths).any():
+      raise UserError(f"store {self.store.url!r} lacks f-grams this batch matched: it was exported with "
+                      "another f-gram file than the run's")
     padded = np.full(size, -1, np.int64)
     padded[:len(ids)] = ids
     return self.fetch(padded, len(ids)), np.arange(len(ids), dtype=np.int32) + process_index * size
@@ -273,15 +335,18 @@ class DistinctFgrams:
     self.buckets = None if sample is not None else packing.Buckets([source.planned(planned)], granularity)
     self.agreement = parallel.Agreement(name)
 
-  @staticmethod
-  def distinct(fgram_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    matched = fgram_id >= 0
-    ids, inverse = np.unique(fgram_id[matched], return_inverse=True)
-    return ids, inverse, matched
+  def distinct(self, batch: dict):
+    """(matched [B, L], distinct f-grams' tokens [U, K] and lengths [U], each matched position's
+    index among them): an exact dedup of the matched positions' token tuples."""
+    matched, tokens, lengths = matched_fgrams(batch, batch["history"].shape[-1] + 1)
+    if len(tokens) == 0:
+      return matched, tokens, lengths, np.zeros(0, np.int64)
+    unique, inverse = np.unique(tokens, axis=0, return_inverse=True)
+    return matched, unique, (unique >= 0).sum(axis=1).astype(np.int32), inverse.reshape(-1)
 
   def choose_buckets(self) -> list[int]:
     """Buckets from the sample's needs (each the maximum over processes)."""
-    needs = [self.source.need(self.distinct(b["fgram_id"])[0]) for b in self.sample()]
+    needs = [self.source.need(*self.distinct(b)[1:3]) for b in self.sample()]
     needs = self.agreement.max(needs)
     self.buckets = packing.Buckets(packing.choose_buckets(needs, self.max_buckets, self.granularity),
                                    self.granularity)
@@ -290,14 +355,14 @@ class DistinctFgrams:
   def __call__(self, batch: dict) -> dict:
     if self.buckets is None:
       self.choose_buckets()
-    ids, inverse, matched = self.distinct(batch["fgram_id"])
-    need = self.agreement.max([self.source.need(ids)])[0]
+    matched, tokens, lengths, inverse = self.distinct(batch)
+    need = self.agreement.max([self.source.need(tokens, lengths)])[0]
     size = self.buckets.fit(need)
-    rows, list_index = self.source.packed(ids, size, self.process_index)
-    index = np.full(batch["fgram_id"].shape, -1, np.int32)
+    rows, list_index = self.source.packed(tokens, lengths, size, self.process_index)
+    index = np.full(matched.shape, -1, np.int32)
     index[matched] = list_index[inverse]
     return {**batch, "fgram_index": index, **rows.result(),
-            "stat_train_only_work": np.array(self.source.slots(ids, size), np.int64)}
+            "stat_train_only_work": np.array(self.source.slots(lengths, size), np.int64)}
 
 
 class FgramDecodeFeatures:
@@ -336,27 +401,47 @@ def matcher_from_tokens(fgram_tokens: np.ndarray) -> ExactMatcher:
 @dataclasses.dataclass
 class Scone(Method):
   fgram: FgramConfig = None
-  fgram_vocab: fgram_vocab.FgramVocab = None   # truncated to FgramConfig.size
+  vocab: fgram_vocab.FgramVocab | None = None   # truncated to FgramConfig.size; None until first use with TAGS
+  fg_meta: fgram_vocab.FgramMeta | None = None   # FG's meta.json (K, S, identities): always there
 
   name = "scone"
   description = "a SCONE run"
   training_only = ("fgram_model",)
 
+  def __post_init__(self):
+    if self.fg_meta is None and self.vocab is not None:
+      self.fg_meta = self.vocab.meta
+
   @classmethod
   def resolve(cls, model, data, meta, *, planned=False):
     fcfg = C.build(FgramConfig)
-    vocab = _planned_vocab(fcfg, model) if planned else _load_vocab(fcfg, data, meta)
-    return cls(model, data, fcfg, vocab)
+    if planned:
+      return cls(model, data, fcfg, _planned_vocab(fcfg, model))
+    fg_meta = _check_meta(fcfg, data, meta)
+    if not fcfg.tags_dir:
+      return cls(model, data, fcfg, _load_vocab(fcfg, fg_meta))
+    # With TAGS the data pipeline needs no vocabulary or matcher: it is read only if something
+    # else asks for it (export, decoding, eval on other data).
+    method = cls(model, data, fcfg, None, fg_meta)
+    tags.check(fcfg.tags_dir, data.data_dir, method.fgrams_sha256(), method.max_n, method.num_fgrams)
+    return method
+
+  @property
+  def fgram_vocab(self) -> fgram_vocab.FgramVocab:
+    """V_f (truncated to FgramConfig.size), read on first use."""
+    if self.vocab is None:
+      self.vocab = _load_vocab(self.fgram, self.fg_meta)
+    return self.vocab
 
   @property
   def max_n(self) -> int:
     """K: the longest f-gram."""
-    return self.fgram_vocab.meta.max_n
+    return self.fg_meta.max_n
 
   @property
   def num_fgrams(self) -> int:
     """|V_f| of the run (FgramConfig.size, or every f-gram of the file)."""
-    return self.fgram.size or len(self.fgram_vocab)
+    return self.fgram.size or self.fg_meta.num_fgrams
 
   def max_unique(self, process_rows: int, batch_devices: int) -> int:
     """Planned distinct f-grams per process batch (FgramConfig.max_unique, else a bound that
@@ -367,12 +452,17 @@ class Scone(Method):
   def input_embedding(self):
     return lambda rngs: SconeEmbedding(self.model, self.fgram, self.max_n, rngs)
 
-  def row_features(self):
-    return (MatchRow(ExactMatcher.checked(self.fgram_vocab, self.fgram.fgram_dir)),)
+  def document_features(self, tagged: bool = True):
+    if self.fgram.tags_dir and tagged:   # the match lengths come from TAGS (sidecar): no matcher here
+      return (History(self.max_n),)
+    return (MatchDocument(ExactMatcher.checked(self.fgram_vocab, self.fgram.fgram_dir)), History(self.max_n))
+
+  def sidecar(self):
+    return ("match_len", self.fgram.tags_dir) if self.fgram.tags_dir else None
 
   def batch_features(self, process_index=0, batch_devices=1, process_rows=0, store=None, sample=None):
     rows = process_rows or self.data.batch_size
-    source = FgramTokens(self.fgram_vocab, self.fgram.row_len) if store is None else StoreRows(store)
+    source = PackedFgrams(self.max_n, self.fgram.row_len) if store is None else StoreRows(store)
     take = None if sample is None else (lambda: sample(self.fgram.sample_batches))
     return (DistinctFgrams(source, process_index=process_index, granularity=batch_devices,
                            planned=self.max_unique(rows, batch_devices), max_buckets=self.fgram.buckets,
@@ -385,9 +475,8 @@ class Scone(Method):
     return FgramDecodeFeatures(matcher_from_tokens(store.fgram_tokens), StoreRows(store))
 
   def fgrams_sha256(self) -> str:
-    """The identity of the f-gram file (recorded by a store's manifest)."""
-    meta = self.fgram_vocab.meta
-    return meta.parquet_sha256 or file_sha256(f"{self.fgram.fgram_dir}/{fgram_vocab.PARQUET}")
+    """The identity of the f-gram file (recorded by a run, a store's manifest and TAGS)."""
+    return fgram_vocab.fgrams_sha256(self.fgram.fgram_dir, self.fg_meta)
 
   def identity(self):
     return {"fgrams_sha256": self.fgrams_sha256()}
@@ -396,7 +485,7 @@ class Scone(Method):
     return {"fgrams_sha256": self.fgram.fgram_dir}
 
   def input_dirs(self):
-    return {"FGRAM_DIR": self.fgram.fgram_dir}
+    return {"FGRAM_DIR": self.fgram.fgram_dir, **({"TAGS_DIR": self.fgram.tags_dir} if self.fgram.tags_dir else {})}
 
   def offloaded_entries(self, counted):
     return counted + self.num_fgrams * self.model.d_model
@@ -427,20 +516,28 @@ class Scone(Method):
             3.0 * (executed_slots * per_slot + executed_entries * per_fgram) / tokens)
 
 
-def _load_vocab(fcfg: FgramConfig, data: C.DataConfig, meta: shards.DataMeta) -> fgram_vocab.FgramVocab:
+def _check_meta(fcfg: FgramConfig, data: C.DataConfig, meta: shards.DataMeta) -> fgram_vocab.FgramMeta:
+  """FG's meta.json, checked against the run's data and config (the vocabulary is not read)."""
   if not fcfg.fgram_dir:
     raise UserError("a SCONE run needs FGRAM_DIR (e.g. --gin.FGRAM_DIR=\"'/path/to/fgrams'\")")
-  vocab = fgram_vocab.load(fcfg.fgram_dir)
-  if vocab.meta.data_fingerprint != shards.data_fingerprint(data.data_dir):
+  fg = fgram_vocab.load_meta(fcfg.fgram_dir)
+  if fg.data_fingerprint != shards.data_fingerprint(data.data_dir):
     raise UserError(f"f-grams in {fcfg.fgram_dir!r} were built from other data than {data.data_dir!r}: "
                     "rebuild them with `scone-jax fgrams build`")
-  if vocab.meta.vocab_size != meta.vocab_size:
-    raise UserError(f"f-gram vocabulary size {vocab.meta.vocab_size} != data vocabulary {meta.vocab_size}")
-  if fcfg.max_n and fcfg.max_n != vocab.meta.max_n:
-    raise UserError(f"FgramConfig.max_n={fcfg.max_n} but {fcfg.fgram_dir!r} holds f-grams of up to {vocab.meta.max_n} tokens")
+  if fg.vocab_size != meta.vocab_size:
+    raise UserError(f"f-gram vocabulary size {fg.vocab_size} != data vocabulary {meta.vocab_size}")
+  if fcfg.max_n and fcfg.max_n != fg.max_n:
+    raise UserError(f"FgramConfig.max_n={fcfg.max_n} but {fcfg.fgram_dir!r} holds f-grams of up to {fg.max_n} tokens")
+  if fcfg.size and fcfg.size > fg.num_fgrams:
+    raise UserError(f"FgramConfig.size={fcfg.size} but {fcfg.fgram_dir!r} holds only {fg.num_fgrams} f-grams")
+  return fg
+
+
+def _load_vocab(fcfg: FgramConfig, fg: fgram_vocab.FgramMeta) -> fgram_vocab.FgramVocab:
+  vocab = fgram_vocab.load(fcfg.fgram_dir)
+  if vocab.meta != fg:
+    raise UserError(f"{fcfg.fgram_dir!r} changed while this run used it: rerun")
   if fcfg.size:
-    if fcfg.size > len(vocab):
-      raise UserError(f"FgramConfig.size={fcfg.size} but {fcfg.fgram_dir!r} holds only {len(vocab)} f-grams")
     vocab = fgram_vocab.FgramVocab(vocab.flat[:vocab.offsets[fcfg.size]], vocab.offsets[:fcfg.size + 1],
                                    vocab.counts[:fcfg.size], vocab.meta)
   return vocab

@@ -212,7 +212,13 @@ def abstract_batch(exp, trainer, num_hosts: int) -> tuple[dict, dict]:
   lists (`unique_*`) are concatenated over hosts, as Trainer.global_batch does."""
   d = exp.data
   host_rows = d.batch_size // num_hosts
-  row = {k: np.zeros(d.seq_len, np.int32) for k in ("inputs", "targets", "segment_ids", "positions")}
+  row = {k: np.zeros(d.seq_len, np.int32) for k in ("inputs", "targets")}
+  sidecar = exp.method.sidecar()
+  if sidecar:
+    row[sidecar[0]] = np.ones(d.seq_len, np.int32)
+  for fn in exp.method.document_features():
+    row = fn(row)
+  row.update({k: np.zeros(d.seq_len, np.int32) for k in ("segment_ids", "positions")})
   for fn in exp.method.row_features():
     row = fn(row)
   local = {k: np.stack([v] * host_rows) for k, v in row.items()}
