@@ -170,3 +170,34 @@ def test_a_data_process_with_tags_holds_no_vocabulary(tmp_path):
   print(f"data process peak RSS with TAGS: {peaks['small'] / 1024:.0f} MB at |V_f| "
         f"{fgram_vocab.load_meta(str(tmp_path / 'fg_small')).num_fgrams:,}, {peaks['big'] / 1024:.0f} MB at {n:,}")
   assert abs(peaks["big"] - peaks["small"]) < 0.10 * peaks["small"], peaks
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_tagging_pool_is_one_line_and_leaves_nothing(tmp_path):
+  """Ctrl-C reaches the whole process group (the command and its worker processes): one line,
+  exit 130, no TAGS and no temporary directory left."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  data, _ = make_data(str(tmp_path / "d"), vocab=500, docs=60000, max_len=400)
+  build(data, str(tmp_path / "fg"), max_n=4, size=5000, min_count=2)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def start(out):
+    return subprocess.Popen([sys.executable, "-m", "scone_jax.cli", "fgrams", "tag", str(tmp_path / "fg"), "--data", data,
+                             "--out", str(tmp_path / out), "--processes", "2"], cwd=repo, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": repo})
+
+  t0 = time.monotonic()
+  assert start("whole").wait(timeout=300) == 0
+  took = time.monotonic() - t0
+  proc = start("tags")
+  time.sleep(0.65 * took)   # start-up is about half of it: this lands while the workers tag
+  os.killpg(proc.pid, signal.SIGINT)
+  _, err = proc.communicate(timeout=60)
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert proc.returncode == 130 and lines == ["scone-jax fgrams tag: interrupted"], (proc.returncode, err[-2000:])
+  assert not os.path.exists(tmp_path / "tags")
+  assert not [n for n in os.listdir(tmp_path) if n.startswith(".tags-")]
