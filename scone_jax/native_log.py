@@ -25,9 +25,16 @@ class Captured:
 
   def __init__(self):
     self.lines: list[str] = []
+    self.keep = False
 
   def mentions(self, text: str) -> bool:
     return any(text in line for line in self.lines)
+
+  def keep_capturing(self) -> None:
+    """The block failed and the command is about to end: native lines that come later (a
+    request still running in a library thread) stay off the screen too. Python's own stderr
+    (the command's error line) goes to the terminal as before."""
+    self.keep = True
 
 
 @contextlib.contextmanager
@@ -43,20 +50,28 @@ def captured():
   except (OSError, ValueError):   # no real fd 2 (an embedding host): nothing to capture
     yield out
     return
-  with tempfile.TemporaryFile(mode="w+b") as tmp:
-    os.dup2(tmp.fileno(), 2)
-    try:
-      yield out
-    finally:
-      sys.stderr.flush()
+  tmp = tempfile.TemporaryFile(mode="w+b")
+  os.dup2(tmp.fileno(), 2)
+  try:
+    yield out
+  finally:
+    sys.stderr.flush()
+    tmp.seek(0)
+    text = tmp.read().decode("utf-8", "replace")
+    other = []
+    for line in text.splitlines(keepends=True):
+      (out.lines if ABSL_LINE.match(line) else other).append(line)
+    out.lines = [line.rstrip("\n") for line in out.lines]
+    if out.keep:   # fd 2 stays on the file for the rest of the process; Python writes to the terminal
+      sys.stderr = os.fdopen(saved, "w", buffering=1, errors="backslashreplace")
+      _held.append(tmp)
+    else:
       os.dup2(saved, 2)
       os.close(saved)
-      tmp.seek(0)
-      text = tmp.read().decode("utf-8", "replace")
-      other = []
-      for line in text.splitlines(keepends=True):
-        (out.lines if ABSL_LINE.match(line) else other).append(line)
-      out.lines = [line.rstrip("\n") for line in out.lines]
-      if other:
-        sys.stderr.write("".join(other))
-        sys.stderr.flush()
+      tmp.close()
+    if other:
+      sys.stderr.write("".join(other))
+      sys.stderr.flush()
+
+
+_held: list = []   # capture files that fd 2 still points at

@@ -99,7 +99,8 @@ def wait(future, url: str, what: str, *, request: bool = True):
     try:
       return future.result(timeout=REMOTE_TIMEOUT_S)
     except TimeoutError:
-      pass
+      if log is not None:
+        log.keep_capturing()   # the request goes on in tensorstore's threads: its late log lines too
     finally:
       if remote:   # opening a kvstore sends no request: the auth comes with the first one
         _remote_reached = _remote_reached or request
