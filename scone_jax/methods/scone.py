@@ -13,7 +13,6 @@ Everything the method is, in one place:
                      input of a whole document (exact matcher), or read from TAGS (`fgrams tag`)
   History            pipeline document feature: the K-1 inputs before every input, so that every
                      matched f-gram's tokens are known even where a row starts inside it
-  MatchRow           the same match over packed rows (never across segments): tests, tools
   DistinctFgrams     pipeline batch feature: the batch's distinct f-grams, padded to a static U,
                      with `fgram_index` [B, L] into them, and their A_f inputs (`unique_tokens`
                      [U, K], `unique_lengths` [U]) or their rows of an exported table
@@ -167,17 +166,6 @@ class SconeEmbedding(nnx.Module):
 
 
 # -- host-side features ------------------------------------------------------------------------
-class MatchRow:
-  """Row feature: the longest f-gram ending at every position (never across segments)."""
-
-  def __init__(self, matcher: ExactMatcher):
-    self.matcher = matcher
-
-  def __call__(self, row: dict) -> dict:
-    fgram_id, match_len = self.matcher.match(row["inputs"], row["segment_ids"])
-    return {**row, "fgram_id": fgram_id.astype("int32"), "match_len": match_len.astype("int32")}
-
-
 class MatchDocument:
   """Document feature: the length of the longest f-gram ending at every input of a whole
   document ([BOS] + its tokens; 1 = no match), before the document is cut into rows, so a
@@ -221,20 +209,6 @@ def matched_fgrams(batch: dict, max_n: int) -> tuple[np.ndarray, np.ndarray, np.
   cols = np.arange(max_n)[None, :] + (max_n - lengths)[:, None]
   tokens = np.where(cols < max_n, np.take_along_axis(windows, np.minimum(cols, max_n - 1), axis=1), -1)
   return matched, tokens.astype(np.int32), lengths
-
-
-def distinct_fgrams(fgram_id: np.ndarray, max_unique: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
-  """The one dedup step: (distinct ids int32 [max_unique], -1 padded; per-position index int32
-  into them plus `offset` (the process's part of the list concatenated over processes), -1 =
-  unmatched; how many are distinct). UserError when more than max_unique are distinct."""
-  try:
-    unique_ids, index, n = dedup_batch(fgram_id, max_unique)
-  except ValueError as e:
-    raise UserError(f"a batch has more distinct f-grams than FgramConfig.max_unique={max_unique}: "
-                    "raise it (0 = a bound that never overflows)") from e
-  if offset:
-    index = np.where(index >= 0, index + offset, -1).astype(np.int32)
-  return unique_ids, index, n
 
 
 class FgramTokens:
@@ -374,7 +348,7 @@ class FgramDecodeFeatures:
     self.history_len = matcher.max_n   # a match ends at the newest token and spans <= K tokens
 
   def _features(self, fgram_id: np.ndarray, max_unique: int):
-    unique_ids, index, n = distinct_fgrams(fgram_id, max_unique)
+    unique_ids, index, n = dedup_batch(fgram_id, max_unique)   # max_unique = positions: never overflows
     return Mapped(self.source.fetch(unique_ids, n), lambda rows: {"fgram_index": index, **rows})
 
   def prompt(self, inputs_BxL: np.ndarray, valid_BxL: np.ndarray):
