@@ -204,7 +204,9 @@ def test_ctrl_c_during_fgrams_build_is_one_line_and_leaves_nothing(build_case, t
     _, err = proc.communicate(timeout=60)
     assert time.monotonic() - t0 < 10, fraction
     lines = [line for line in err.splitlines() if line.strip()]
-    if proc.returncode == 0:   # finished before the signal: then complete and correct
+    if proc.returncode == 0 or (proc.returncode == -signal.SIGINT and os.path.exists(out)):
+      # finished before the signal (or the signal came during interpreter exit, which resets the
+      # handler): then the output is complete and correct
       assert fgram_vocab.load(out).as_tuples() == ref.as_tuples()
     else:
       interrupted += 1
