@@ -29,7 +29,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "zarr>=3.1", "ruff>=0.17"],
-        "beam": ["apache-beam>=2.77.0", "dask>=2024.4.2", "distributed>=2024.4.2"],  # dask: the DaskRunner
+        # dask: the DaskRunner; google-apitools: without it every process that imports Beam logs a warning
+        "beam": ["apache-beam>=2.77.0", "dask>=2024.4.2", "distributed>=2024.4.2", "google-apitools>=0.5.31"],
         "tpu": ["libtpu>=0.0.51"],
         "cuda": ["jax[cuda12]>=0.10.2"],
     },

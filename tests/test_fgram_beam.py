@@ -11,7 +11,7 @@ import pytest
 
 from scone_jax.data.shards import shard_paths
 from scone_jax.errors import UserError
-from scone_jax.fgram import beam_count, build as build_lib, vocab as vocab_lib
+from scone_jax.fgram import beam_count, beam_kernels, beam_runner, build as build_lib, vocab as vocab_lib
 from scone_jax.fgram.count import count_fgrams
 from tests.reference import brute_force_fgrams
 from tests.test_fgram_count import make_data, run_cli
@@ -52,9 +52,9 @@ def test_group_rows_is_exact_under_forced_hash_collisions():
   expected = collections.Counter()
   for row, c in zip(map(tuple, tokens.tolist()), counts.tolist()):
     expected[row] += c
-  for hashes in (beam_count.tuple_hashes(tokens), np.zeros(500, np.uint64),  # every row collides
-                 (beam_count.tuple_hashes(tokens) % np.uint64(3))):            # a few hashes for many rows
-    h, t, c, inverse = beam_count.group_exact(hashes, tokens, counts)
+  for hashes in (beam_kernels.tuple_hashes(tokens), np.zeros(500, np.uint64),  # every row collides
+                 (beam_kernels.tuple_hashes(tokens) % np.uint64(3))):            # a few hashes for many rows
+    h, t, c, inverse = beam_kernels.group_exact(hashes, tokens, counts)
     assert dict(zip(map(tuple, t.tolist()), c.tolist())) == dict(expected)
     assert np.array_equal(t[inverse], tokens) and len(t) == len(expected)
 
@@ -75,35 +75,84 @@ def test_count_shard_and_membership_match_brute_force(monkeypatch):
 
   for collide, vocab_size in ((False, None), (False, 4), (True, None)):
     if collide:  # every window hashes alike: only the exact paths can get it right
-      monkeypatch.setattr(beam_count, "_fnv", lambda h, col: np.zeros(len(col), np.uint64))
-    h, t, c = beam_count.count_shard(tokens, 2, vocab_size=vocab_size)
-    assert dict(zip(map(tuple, t.tolist()), c.tolist())) == brute(2)
+      monkeypatch.setattr(beam_kernels, "_fnv", lambda h, col: np.zeros(len(col), np.uint64))
+    got = beam_kernels.count_shard(tokens, 2, vocab_size=vocab_size)
+    assert as_counter(got, vocab_size) == brute(2)
     survivors = {g for g, k in brute(2).items() if k >= 6}
     rows = np.array(sorted(survivors), np.int32).reshape(-1, 2)
-    sh = beam_count.tuple_hashes(rows)
-    order = np.argsort(sh, kind="stable")
-    h, t, c = beam_count.count_shard(tokens, 3, (sh[order], rows[order]), vocab_size=vocab_size)
-    assert dict(zip(map(tuple, t.tolist()), c.tolist())) == brute(3, survivors)
-    assert np.array_equal(h, beam_count.tuple_hashes(t))
+    bits = beam_kernels.id_bits(vocab_size)
+    if beam_kernels.packs(2, bits):
+      known = beam_kernels.Grams(2, beam_kernels.pack_rows(rows, bits), None, None)
+    else:
+      known = beam_kernels.sorted_by_key(beam_kernels.Grams(2, beam_kernels.tuple_hashes(rows), rows, None))
+    got = beam_kernels.count_shard(tokens, 3, known, vocab_size=vocab_size)
+    assert as_counter(got, vocab_size) == brute(3, survivors)
+    if got.tokens is not None:
+      assert np.array_equal(got.keys, beam_kernels.tuple_hashes(got.tokens))
+    else:
+      assert np.array_equal(got.keys, beam_kernels.pack_rows(got.rows(bits), bits))
+
+
+def as_counter(grams, vocab_size):
+  rows = grams.rows(beam_kernels.id_bits(vocab_size))
+  assert len(set(map(tuple, rows.tolist()))) == len(rows)  # distinct
+  return dict(zip(map(tuple, rows.tolist()), grams.counts.tolist()))
+
+
+def test_merge_grams_sums_exactly_across_pieces():
+  rng = np.random.default_rng(3)
+  for n, bits, collide in ((3, 4, False), (5, 20, False), (5, 20, True)):  # packed keys, hashed rows, one hash
+    pieces, expected = [], collections.Counter()
+    for _ in range(4):
+      rows = rng.integers(0, 3, (200, n)).astype(np.int32)
+      grams = np.unique(rows, axis=0)
+      counts = rng.integers(1, 2**40, len(grams))
+      keys = beam_kernels.pack_rows(grams, bits) if beam_kernels.packs(n, bits) else beam_kernels.tuple_hashes(grams)
+      keys = keys * np.uint64(0) if collide else keys
+      tokens = None if beam_kernels.packs(n, bits) else grams
+      pieces.append(beam_kernels.Grams(n, keys, tokens, counts))
+      for g, c in zip(map(tuple, grams.tolist()), counts.tolist()):
+        expected[g] += c
+    merged = beam_kernels.merge_grams(pieces, n, bits)
+    rows = merged.rows(bits)
+    assert dict(zip(map(tuple, rows.tolist()), merged.counts.tolist())) == dict(expected)
+    assert np.all(np.diff(merged.keys.astype(np.float64)) >= 0)  # ascending key order
+    kept = {g for g, c in expected.items() if c % 3 == 0}
+    known = merged.take(np.array([tuple(r) in kept for r in rows.tolist()], bool))
+    for p in pieces:
+      assert beam_kernels.members(p, known).tolist() == [tuple(r) in kept for r in p.rows(bits).tolist()]
+
+
+def test_shard_tokens_is_the_local_counters_stream(tmp_path):
+  from scone_jax.fgram.count import document_tokens, mask_specials
+  docs = [[5, 6, 1, 7], [], [8], [9, 9, 2, 9]]
+  data_dir = make_data(tmp_path, docs, num_shards=1)
+  path = shard_paths(data_dir, "train")[0]
+  got = beam_kernels.shard_tokens(path, 12, SPECIALS)
+  expected = mask_specials(np.concatenate([document_tokens(np.array(d, np.int32), i, 12, "x")
+                                           for i, d in enumerate(docs)]), SPECIALS)
+  assert np.array_equal(got, expected)
+  with pytest.raises(UserError, match="document 3 holds token id 9"):
+    beam_kernels.shard_tokens(path, 9, SPECIALS)
 
 
 def test_member_keys():
   rng = np.random.default_rng(2)
   known = np.unique(rng.integers(0, 1 << 40, 3000).astype(np.uint64))
   queries = np.concatenate([known, rng.integers(0, 1 << 40, 5000).astype(np.uint64)])
-  assert np.array_equal(beam_count.member_keys(known, queries), np.isin(queries, known))
-  assert not beam_count.member_keys(known[:0], queries).any()
+  assert np.array_equal(beam_kernels.member_keys(known, queries), np.isin(queries, known))
+  assert not beam_kernels.member_keys(known[:0], queries).any()
 
 
 def test_parse_beam_args():
-  assert beam_count.parse_beam_args("") == beam_count.DEFAULT_BEAM_ARGS
-  assert beam_count.parse_beam_args("--temp_location=/x")[-1] == "--temp_location=/x"
-  assert beam_count.parse_beam_args("--runner=DaskRunner --dask_client_address=127.0.0.1:1") == [
-      "--runner=apache_beam.runners.dask.dask_runner.DaskRunner", "--dask_client_address=127.0.0.1:1"]
-  assert beam_count.parse_beam_args("--runner DataflowRunner --project 'my p'") == [
+  assert beam_runner.parse_beam_args("") == beam_runner.DEFAULT_BEAM_ARGS
+  assert beam_runner.parse_beam_args("--temp_location=/x")[-1] == "--temp_location=/x"
+  assert beam_runner.parse_beam_args("--runner=DaskRunner --dask_client_address=127.0.0.1:1") == [
+      "--runner=scone_jax.fgram.beam_dask.DaskRunner", "--dask_client_address=127.0.0.1:1"]
+  assert beam_runner.parse_beam_args("--runner DataflowRunner --project 'my p'") == [
       "--runner", "DataflowRunner", "--project", "my p"]
   with pytest.raises(UserError, match="shell"):
-    beam_count.parse_beam_args("--project='p")
+    beam_runner.parse_beam_args("--project='p")
 
 
 def test_sharded_vocabulary_round_trip_and_hashes(tmp_path):

@@ -44,6 +44,48 @@ def test_tags_equal_the_brute_force_match_of_every_document(tagged):
         np.testing.assert_array_equal(np.frombuffer(t, np.uint8), want[0])
 
 
+def assert_same_tags(a, b):
+  names = sorted(os.listdir(a))
+  assert names == sorted(os.listdir(b)) and "meta.json" in names
+  for name in names:  # byte for byte: the shards, and meta.json (it holds every shard's sha256)
+    with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:
+      assert fa.read() == fb.read(), name
+
+
+def test_beam_tags_are_the_local_tags_byte_for_byte(tagged, tmp_path):
+  """In-process FnApi runner, with the packed-key joins (|V| small: K ids fit 64 bits) and, with
+  --max_n 5 f-grams, the hashed ones (ids forced to 32 bits)."""
+  from scone_jax.fgram import beam_tags
+  out = tmp_path / "beam"
+  assert main(["fgrams", "tag", tagged["fg"], "--data", tagged["data"], "--out", str(out), "--runner", "beam",
+               "--beam_args=--runner=FnApiRunner --direct_num_workers=1 --direct_running_mode=in_memory"]) == 0
+  assert_same_tags(tagged["tags"], out)
+  fg5 = str(tmp_path / "fg5")
+  build(tagged["data"], fg5, max_n=5, size=200, min_count=2)
+  assert max(len(g) for g in fgram_vocab.load(fg5).as_tuples()) == 5
+  local, beam = tmp_path / "local5", tmp_path / "beam5"
+  assert main(["fgrams", "tag", fg5, "--data", tagged["data"], "--out", str(local), "--processes", "1"]) == 0
+  original = beam_tags.id_bits
+  try:  # 2 ids per key at most: lengths 3..5 take the hashed path
+    beam_tags.id_bits = lambda vocab_size: 32
+    assert main(["fgrams", "tag", fg5, "--data", tagged["data"], "--out", str(beam), "--runner", "beam",
+                 "--beam_args=--runner=FnApiRunner --direct_num_workers=1 --direct_running_mode=in_memory"]) == 0
+  finally:
+    beam_tags.id_bits = original
+  assert_same_tags(local, beam)
+
+
+@pytest.mark.slow
+def test_beam_tags_on_a_dask_local_cluster(tagged, tmp_path):
+  distributed = pytest.importorskip("distributed")
+  with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                dashboard_address=None, memory_limit="2GiB") as cluster:
+    address = cluster.scheduler_address.replace("tcp://", "")
+    assert main(["fgrams", "tag", tagged["fg"], "--data", tagged["data"], "--out", str(tmp_path / "dask"),
+                 "--runner", "beam", f"--beam_args=--runner=DaskRunner --dask_client_address={address}"]) == 0
+  assert_same_tags(tagged["tags"], tmp_path / "dask")
+
+
 def test_rows_that_continue_a_document_match_across_their_start(tagged):
   """Rows of 16 inputs cut documents of up to 80 tokens: the match of every input of every row,
   and the K-1 inputs before it, are those of the whole document."""
@@ -113,6 +155,18 @@ def test_tags_of_other_inputs_are_refused(tagged, tmp_path, capsys):
   assert main(["fgrams", "tag", tagged["fg"], "--data", tagged["data"], "--out", tagged["data"]]) == 2
   assert main(["fgrams", "tag", tagged["fg"], "--data", other, "--out", str(tmp_path / "t2")]) == 2
   assert not os.path.exists(tmp_path / "t2")
+  capsys.readouterr()   # Beam options without the Beam runner; a changed f-gram file under the Beam runner
+  assert main(["fgrams", "tag", tagged["fg"], "--data", tagged["data"], "--out", str(tmp_path / "t3"),
+               "--beam_args=--runner=DaskRunner"]) == 2
+  changed = tmp_path / "fg_changed"
+  shutil.copytree(tagged["fg"], changed)
+  with open(changed / "fgrams.parquet", "ab") as f:
+    f.write(b"x")
+  assert main(["fgrams", "tag", str(changed), "--data", tagged["data"], "--out", str(tmp_path / "t3"),
+               "--runner", "beam"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 2 and "only with --runner beam" in err[0] and "does not match the sha256" in err[1], err
+  assert not os.path.exists(tmp_path / "t3")
   with open(os.path.join(tagged["tags"], "meta.json")) as f:
     assert json.load(f)["num_documents"] == 150 + 12
 

@@ -3,21 +3,20 @@
 Distributed and numpy-batched: no element is ever one n-gram, no side input grows with the
 survivors, no step gathers the vocabulary on one worker.
 
-n-grams as data. A set of n-grams travels as a few arrays: hashes uint64 [m], tokens int32 [m, n]
-and counts int64 [m]. The hash (FNV-1a over the ids, fold_hashes) only places an n-gram: its
-bucket is mix(hash) % B, the same in every pass and on every worker. Every equality is decided on
-the tokens themselves (group_exact sorts by hash and compares the token rows; a collision takes an
-exact lexicographic path), so a hash collision can never change a count or the output.
+n-grams as data (scone_jax.fgram.beam_kernels). A set of distinct n-grams of one length is a
+Grams: packed uint64 keys (the ids side by side, exact) when n ids fit 64 bits, else tuple hashes
+with the token rows, in both cases with int64 counts. A key only places an n-gram: its bucket is
+mix(key) % B. Hashed n-grams are told apart on their tokens (a collision takes an exact path), so
+a hash collision can never change a count or the output.
 
 The graph, for K = max_n, B buckets, over the ArrayRecord train shards:
   pass n = 2..K:
     CountShard(n)  per shard: re-read it, mark the positions whose (n-1)-gram is one of the
                    shard's survivors of pass n-1; candidates are positions whose (n-1)-prefix and
-                   (n-1)-suffix both survived; count them and emit one (bucket, arrays) element
-                   per bucket. Windows whose ids fit 64 bits side by side are exact packed keys
-                   (membership: member_keys, a numpy hash table; counting: one plain sort, as
-                   the local counter's last pass); longer ones use the hashes, verified id by id
-                   (group_rows, on count.sort_and_count: the local counter's kernel).
+                   (n-1)-suffix both survived; count them and emit one (bucket, Grams) element per
+                   bucket. Packed windows: membership by member_keys (a numpy hash table), counting
+                   by one plain sort, as the local counter's last pass; hashed ones are grouped by
+                   their hashes and verified id by id (group_rows).
     MergeBucket(n) GroupByKey(bucket): sum the shards' counts exactly; survivors = count >= c_min.
                    The join: every shard's candidates meet their bucket's totals here, and each
                    shard gets back, keyed by shard id, exactly its own n-grams that survived.
@@ -42,20 +41,17 @@ the messages that reach one worker (histogram, range sizes) are bounded by the n
 distinct counts and of ranges, not by the survivors. Everything ends in one leaf, WriteSummary
 (the Dask runner computes only the last transform).
 
-Runners. Pipeline options come as one string (--beam_args, parse_beam_args); the default is the
-FnApiRunner with worker processes (offline: it never downloads a runner binary). DaskRunner may
-be named by its short name; without --dask_npartitions it gets one partition per worker thread
-(the runner's own default puts 128 created elements, here all shards, in one task). Beam 2.77's
-DaskRunner turns Flatten into a concatenation of partitions, so the joins multiply the tasks
-(about 150K at 10 shards): correct, but slow; it is a test engine, Dataflow/Flink/Spark the
-production ones. On a remote runner the shard paths must be readable by the workers and
---temp_location must be a shared location: the ranked files are written there and copied into FG.
+Runners (scone_jax.fgram.beam_runner). Pipeline options come as one string (--beam_args); the
+default is the FnApiRunner with worker processes (offline: it never downloads a runner binary).
+`--runner=DaskRunner` is Beam's DaskRunner with stages bounded to --dask_npartitions partitions
+(default: one per worker thread of the cluster); Dataflow, Flink and Spark are the production
+runners. On a remote runner the shard paths must be readable by the workers and --temp_location
+must be a shared location: the ranked files are written there and copied into FG.
 """
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import tempfile
 import uuid
@@ -65,323 +61,26 @@ import numpy as np
 from scone_jax.data import shards
 from scone_jax.errors import UserError
 from scone_jax.fgram import vocab as vocab_lib
-from scone_jax.fgram.count import (
-  SEPARATOR,
-  check_vocab_size,
-  counted_meta,
-  document_tokens,
-  mask_specials,
-  sort_and_count,
-  validate_params,
+from scone_jax.fgram.beam_kernels import (
+  Grams,
+  count_shard,
+  id_bits,
+  lex_keys,
+  members,
+  merge_grams,
+  shard_tokens,
+  sorted_by_key,
+  split_by_bucket,
 )
+from scone_jax.fgram.beam_runner import parse_beam_args, quiet_worker_logs, run, with_dask_partitions
+from scone_jax.fgram.count import check_vocab_size, counted_meta, validate_params
 from scone_jax.fgram.vocab import FgramVocab
 from scone_jax.files import atomic_directory
 
-DEFAULT_BEAM_ARGS = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing",
-                     f"--direct_num_workers={max(1, min(8, os.cpu_count() or 1))}"]
-RUNNER_ALIASES = {"DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
-BEAM_ARGS_HELP = ("Beam pipeline options as one string, e.g. '--runner=DaskRunner --dask_client_address=HOST:PORT' "
-                  f"(default: {' '.join(DEFAULT_BEAM_ARGS)})")
 SUMMARY = "summary.json"
 MEMORY_TRACE_ENV = "SCONE_BEAM_MEMORY_TRACE"  # a directory: the workers log each step call's peak heap there
 RANGE_ROWS = 1 << 20  # members per sorting range, about (the sampling rate of the splitters)
 GROUP_BASE = 1 << 56  # counts stay below it (a count is at most the tokens counted)
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
-
-
-# ---- pipeline options: the one --beam_args flag (shared by every Beam command) ------------------
-
-def add_beam_args(parser) -> None:
-  """Adds --beam_args to an argparse parser (fgrams build, fgrams tag)."""
-  parser.add_argument("--beam_args", default="", help=BEAM_ARGS_HELP)
-
-
-def parse_beam_args(text: str | list[str] | tuple[str, ...] | None) -> list[str]:
-  """--beam_args as Beam's argv: shell-split, DEFAULT_BEAM_ARGS when no --runner is named, and
-  short runner names Beam does not know (DaskRunner) as their full class path."""
-  if isinstance(text, str) or text is None:
-    try:
-      args = shlex.split(text or "")
-    except ValueError as e:
-      raise UserError(f"--beam_args {text!r} cannot be split like a shell line ({e})") from e
-  else:
-    args = list(text)
-  out, named = [], False
-  for i, a in enumerate(args):
-    if a == "--runner" or a.startswith("--runner="):
-      named = True
-      if a.startswith("--runner="):
-        name = a.split("=", 1)[1]
-        a = "--runner=" + RUNNER_ALIASES.get(name, name)
-    elif i > 0 and args[i - 1] == "--runner":
-      a = RUNNER_ALIASES.get(a, a)
-    out.append(a)
-  return out if named else DEFAULT_BEAM_ARGS + out
-
-
-def _run(pipeline_result) -> None:
-  state = pipeline_result.wait_until_finish()
-  client = getattr(pipeline_result, "client", None)  # DaskRunner: close our client before the cluster goes
-  if client is not None:
-    client.close()
-  if state is not None and str(state).upper().endswith("FAILED"):
-    raise RuntimeError(f"the Beam pipeline ended in state {state}")
-
-
-# ---- numpy kernels -------------------------------------------------------------------------------
-
-def _fnv(h, col):
-  h = np.full(len(col), _FNV_OFFSET, np.uint64) if h is None else h
-  h ^= col
-  h *= _FNV_PRIME
-  return h
-
-
-def fold_hashes(columns) -> np.ndarray:
-  """FNV-1a-style uint64 hash of rows given as an iterable of int columns (the ids of position j)."""
-  h = None
-  for col in columns:
-    h = _fnv(h, np.asarray(col).astype(np.uint64))
-  return h
-
-
-def tuple_hashes(tokens: np.ndarray) -> np.ndarray:
-  return fold_hashes(tokens[:, j] for j in range(tokens.shape[1]))
-
-
-def buckets_of(hashes: np.ndarray, num_buckets: int) -> np.ndarray:
-  """Bucket of each hash (splitmix64 finalizer, then modulo): the same in every pass and worker."""
-  x = hashes.copy()
-  x ^= x >> np.uint64(30)
-  x *= np.uint64(0xBF58476D1CE4E5B9)
-  x ^= x >> np.uint64(27)
-  x *= np.uint64(0x94D049BB133111EB)
-  x ^= x >> np.uint64(31)
-  return (x % np.uint64(num_buckets)).astype(np.int64)
-
-
-def _sum_by(inverse: np.ndarray, counts: np.ndarray, size: int) -> np.ndarray:
-  """Exact int64 sums of counts per inverse index."""
-  if int(counts.sum()) < 2**53:
-    return np.rint(np.bincount(inverse, weights=counts, minlength=size)).astype(np.int64)
-  out = np.zeros(size, np.int64)
-  np.add.at(out, inverse, counts)
-  return out
-
-
-def group_rows(hashes: np.ndarray, column, n: int, counts: np.ndarray | None = None):
-  """Groups N rows of n ids exactly. column(j) gives the ids at place j of every row; hashes
-  are the rows' tuple hashes. Returns (first row of each group [U], summed counts [U] int64
-  (counts None = 1 per row), inverse [N]).
-
-  The local counter's sort_and_count does the work: the key is the hash's top 64 - p bits with
-  the row index packed in the low p bits (one plain sort). Rows of one key are then compared id
-  by id with the key's first row; only keys that hold different rows (hash or truncation
-  collisions, rare) are split exactly by a lexicographic sort of their rows."""
-  if len(hashes) == 0:
-    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
-  position_bits = max(1, (len(hashes) - 1).bit_length())
-  keys = hashes >> np.uint64(position_bits)
-  unique, run_counts, inverse = sort_and_count(keys, 64 - position_bits, want_inverse=True)
-  first = np.empty(len(unique), np.int64)
-  first[inverse[::-1]] = np.arange(len(hashes) - 1, -1, -1)
-  same = np.ones(len(hashes), bool)
-  for j in range(n):
-    col = column(j)
-    same &= col == col[first[inverse]]
-  if same.all():
-    return first, (run_counts if counts is None else _sum_by(inverse, counts, len(unique))), inverse
-  bad = np.zeros(len(unique), bool)
-  bad[inverse[~same]] = True
-  rows = np.flatnonzero(bad[inverse])
-  cols = [column(j)[rows] for j in range(n)]
-  order = np.lexsort(cols[::-1] + [hashes[rows]])
-  new = np.ones(len(rows), bool)
-  new[1:] = hashes[rows][order][1:] != hashes[rows][order][:-1]
-  for c in cols:
-    new[1:] |= c[order][1:] != c[order][:-1]
-  inverse = inverse.astype(np.int64)
-  inverse[rows[order]] = len(unique) + np.cumsum(new) - 1
-  used = np.bincount(inverse, minlength=len(unique) + int(new.sum())) > 0
-  inverse = (np.cumsum(used) - 1)[inverse]
-  size = int(used.sum())
-  first = np.empty(size, np.int64)
-  first[inverse[::-1]] = np.arange(len(hashes) - 1, -1, -1)
-  ones = np.ones(len(hashes), np.int64) if counts is None else counts
-  return first, _sum_by(inverse, ones, size), inverse
-
-
-def group_exact(hashes: np.ndarray, tokens: np.ndarray, counts: np.ndarray | None = None):
-  """Groups equal n-gram rows of tokens [N, n] exactly: (hashes [U], tokens [U, n], summed
-  counts [U] int64, inverse [N])."""
-  first, total, inverse = group_rows(hashes, lambda j: tokens[:, j], tokens.shape[1], counts)
-  return hashes[first], tokens[first], total, inverse
-
-
-def _windows(tokens: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
-  out = np.empty((len(starts), n), np.int32)
-  for j in range(n):
-    out[:, j] = tokens[starts + j]
-  return out
-
-
-def _members(hashes, starts, tokens, m, survivor_hashes, survivor_tokens) -> np.ndarray:
-  """bool per window (tokens[starts : starts + m]): is it one of the survivors (sorted by hash)?"""
-  found = np.zeros(len(starts), bool)
-  if len(survivor_hashes) == 0 or len(starts) == 0:
-    return found
-  base = np.searchsorted(survivor_hashes, hashes)
-  max_run = 1
-  if len(survivor_hashes) > 1 and np.any(survivor_hashes[1:] == survivor_hashes[:-1]):
-    _, run = np.unique(survivor_hashes, return_counts=True)
-    max_run = int(run.max())
-  for k in range(max_run):  # k > 0 only where different survivors share a hash
-    idx = base + k
-    todo = np.flatnonzero(~found & (idx < len(survivor_hashes)))
-    todo = todo[survivor_hashes[idx[todo]] == hashes[todo]]
-    ok = np.ones(len(todo), bool)
-    for j in range(m):
-      ok &= tokens[starts[todo] + j] == survivor_tokens[idx[todo], j]
-    found[todo[ok]] = True
-  return found
-
-
-def read_shard(path: str):
-  """Yields every record (one document, little-endian int32 ids) of one ArrayRecord shard."""
-  return shards.read_records(path)
-
-
-def shard_tokens(path: str, vocab_size: int, special_ids) -> np.ndarray:
-  """One shard as the local counter's token stream: documents back to back, each followed by
-  SEPARATOR, special ids masked to SEPARATOR."""
-  pieces = [document_tokens(np.frombuffer(r, dtype="<i4"), i, vocab_size, path) for i, r in enumerate(read_shard(path))]
-  if not pieces:
-    return np.empty(0, np.int32)
-  return mask_specials(np.concatenate(pieces), special_ids)
-
-
-def _slide(tokens: np.ndarray, m: int, combine) -> np.ndarray:
-  """combine folded over the m columns of every window start 0..L-m (contiguous slices, no gathers)."""
-  count = len(tokens) - m + 1
-  out = None
-  for j in range(m):
-    out = combine(out, tokens[j:j + count].astype(np.uint64))
-  return out
-
-
-def packed_keys(tokens: np.ndarray, m: int, bits: int) -> np.ndarray:
-  """Exact uint64 key of every window of m ids (m * bits <= 64): the ids side by side, so key
-  order is lexicographic order."""
-  return _slide(tokens, m, lambda k, col: col if k is None else (k << np.uint64(bits)) | col)
-
-
-def pack_rows(rows: np.ndarray, bits: int) -> np.ndarray:
-  keys = np.zeros(len(rows), np.uint64)
-  for j in range(rows.shape[1]):
-    keys = (keys << np.uint64(bits)) | rows[:, j].astype(np.uint64)
-  return keys
-
-
-def unpack_keys(keys: np.ndarray, m: int, bits: int) -> np.ndarray:
-  rows = np.empty((len(keys), m), np.int32)
-  mask = np.uint64((1 << bits) - 1)
-  for j in range(m):
-    rows[:, j] = (keys >> np.uint64(bits * (m - 1 - j))) & mask
-  return rows
-
-
-def member_keys(known: np.ndarray, queries: np.ndarray) -> np.ndarray:
-  """bool per query: is it one of the (distinct) uint64 keys `known`? A bucketed hash table
-  (about 4 slots per key, multiplicative hashing): one gather per query, a few more for the
-  queries whose bucket holds several keys; exact (keys are compared, not hashes)."""
-  found = np.zeros(len(queries), bool)
-  if len(known) == 0 or len(queries) == 0:
-    return found
-  k = max(4, (4 * len(known) - 1).bit_length())
-  shift, mult = np.uint64(64 - k), np.uint64(0x9E3779B97F4A7C15)
-  known_buckets = ((known * mult) >> shift).astype(np.int64)
-  order = np.argsort(known_buckets, kind="stable")
-  table = np.append(known[order], np.uint64(0))  # a sentinel past the end
-  sizes = np.bincount(known_buckets, minlength=1 << k).astype(np.int32)
-  starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32 if len(known) < 2**31 else np.int64)
-  query_buckets = queries * mult
-  query_buckets >>= shift
-  query_buckets = query_buckets.view(np.int64)  # < 2^k: the same values
-  at = starts[query_buckets]
-  found = table[at] == queries
-  occupied = sizes[query_buckets]
-  found &= occupied > 0
-  more = np.flatnonzero(~found & (occupied > 1))  # buckets holding several keys: rare
-  del occupied
-  for step in range(1, int(sizes.max()) if len(more) else 1):
-    more = more[sizes[query_buckets[more]] > step]
-    hit = table[at[more] + step] == queries[more]
-    found[more[hit]] = True
-    more = more[~hit]
-  return found
-
-
-def id_bits(vocab_size: int) -> int:
-  return max(1, (vocab_size - 1).bit_length())
-
-
-def count_shard(tokens: np.ndarray, n: int, survivors=None, vocab_size: int | None = None):
-  """The candidate n-grams of one shard and their counts in it: (hashes, tokens [U, n], counts).
-  survivors: (hashes sorted, tokens [s, n-1]) of this shard's (n-1)-grams that survived pass n-1;
-  None for n = 2. With vocab_size given, windows of m ids with m * bits(vocab) <= 64 use exact
-  packed keys (a plain sort, as in the local counter), longer ones the verified hashes."""
-  if len(tokens) < n:
-    return np.empty(0, np.uint64), np.empty((0, n), np.int32), np.empty(0, np.int64)
-  bits = id_bits(vocab_size) if vocab_size else 64
-  bad = np.concatenate([[0], np.cumsum(tokens == SEPARATOR, dtype=np.int64)])
-
-  def valid(m):  # bool per window start 0..L-m: no separator inside
-    return bad[m:] - bad[:-m] == 0
-
-  if n == 2:
-    is_candidate = valid(2)
-    del bad
-  else:
-    m = n - 1
-    starts = np.flatnonzero(valid(m))
-    del bad
-    survivor_hashes, survivor_tokens = survivors
-    alive = np.zeros(len(tokens) - m + 1, bool)
-    if m * bits <= 64:
-      queries = packed_keys(tokens, m, bits)[starts]
-      alive[starts[member_keys(pack_rows(survivor_tokens, bits), queries)]] = True
-      del queries
-    else:
-      hashes = _slide(tokens, m, _fnv)[starts]
-      alive[starts[_members(hashes, starts, tokens, m, survivor_hashes, survivor_tokens)]] = True
-      del hashes
-    del starts
-    is_candidate = alive[:-1] & alive[1:]
-    del alive  # the (n-1)-prefix at i and the (n-1)-suffix at i + 1 survived
-  if n * bits <= 64:
-    keys = packed_keys(tokens, n, bits)[is_candidate]
-    del is_candidate
-    keys.sort()
-    if len(keys) == 0:
-      return np.empty(0, np.uint64), np.empty((0, n), np.int32), np.empty(0, np.int64)
-    heads = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
-    counts = np.diff(np.append(heads, len(keys))).astype(np.int64)
-    grams = unpack_keys(keys[heads], n, bits)
-    return tuple_hashes(grams), grams, counts
-  candidates = np.flatnonzero(is_candidate)
-  hashes = _slide(tokens, n, _fnv)[candidates]
-  first, counts, _ = group_rows(hashes, lambda j: tokens[candidates + j], n)
-  return hashes[first], _windows(tokens, candidates[first], n), counts
-
-
-def lex_keys(tokens: np.ndarray, prefix: np.ndarray | None = None) -> np.ndarray:
-  """Fixed-width byte strings whose order is the lexicographic order of the rows (ids >= 0 as
-  big-endian uint32), optionally after a big-endian int64 prefix (non-negative)."""
-  parts = [] if prefix is None else [np.asarray(prefix, dtype=">i8").reshape(-1, 1).view(np.uint8)]
-  parts.append(np.ascontiguousarray(tokens, dtype=">u4").view(np.uint8).reshape(len(tokens), -1))
-  raw = np.ascontiguousarray(np.concatenate(parts, axis=1))
-  return raw.view(f"S{raw.shape[1]}").reshape(-1)
 
 
 # ---- pipeline steps ------------------------------------------------------------------------------
@@ -392,46 +91,42 @@ class _Config:
     self.paths, self.vocab_size, self.special_ids = list(paths), vocab_size, tuple(sorted(special_ids))
     self.max_n, self.size, self.min_count, self.num_buckets = max_n, size, min_count, num_buckets
     self.sample_every, self.rows_per_file, self.result_dir = sample_every, rows_per_file, result_dir
+    self.bits = id_bits(vocab_size)
 
 
 def _count_step(cfg: _Config, n: int):
+  """CountShard(n): one shard's candidate n-grams, one (bucket, (shard, Grams)) per bucket."""
   def step(element):
     if n == 2:
       shard, survivors = element, None
     else:
       shard, pieces = element
-      hashes = np.concatenate([p[0] for p in pieces])
-      order = np.argsort(hashes, kind="stable")
-      survivors = (hashes[order], np.concatenate([p[1] for p in pieces])[order])
-    tokens = shard_tokens(cfg.paths[shard], cfg.vocab_size, cfg.special_ids)
-    hashes, grams, counts = count_shard(tokens, n, survivors, cfg.vocab_size)
-    if len(hashes) == 0:
-      return
-    buckets = buckets_of(hashes, cfg.num_buckets)
-    order = np.argsort(buckets, kind="stable")
-    bounds = np.flatnonzero(np.diff(buckets[order])) + 1
-    for sel in np.split(order, bounds):
-      yield int(buckets[sel[0]]), (shard, hashes[sel], grams[sel], counts[sel])
+      survivors = sorted_by_key(Grams.concat(list(pieces), n - 1, cfg.bits))
+    grams = count_shard(shard_tokens(cfg.paths[shard], cfg.vocab_size, cfg.special_ids), n, survivors,
+                        cfg.vocab_size)
+    for bucket, part in split_by_bucket(grams, cfg.num_buckets):
+      yield bucket, (shard, part)
   return step
 
 
 def _merge_step(cfg: _Config, n: int):
+  """MergeBucket(n): exact totals of one bucket; its survivors go to the ranking (tokens and
+  totals) and, keyed by shard, back to the shards that hold them (keys only, for pass n + 1)."""
   def step(element):
     bucket, pieces = element
     pieces = list(pieces)
-    hashes = np.concatenate([p[1] for p in pieces])
-    grams = np.concatenate([p[2] for p in pieces])
-    unique, tokens, totals, inverse = group_exact(hashes, grams, np.concatenate([p[3] for p in pieces]))
-    alive = totals >= cfg.min_count
-    if alive.any():
-      yield "rank", ((n, bucket), (tokens[alive], totals[alive]))
+    merged = merge_grams([p for _, p in pieces], n, cfg.bits)
+    survivors = merged.take(merged.counts >= cfg.min_count)
+    if len(survivors) == 0:
+      return
+    yield "rank", ((n, bucket), (survivors.rows(cfg.bits), survivors.counts))
     if n < cfg.max_n:
-      at = 0
-      for shard, h, g, _ in pieces:
-        keep = alive[inverse[at:at + len(h)]]
-        at += len(h)
+      for shard, part in pieces:
+        keep = members(part, survivors)
         if keep.any():
-          yield "next", (shard, (h[keep], g[keep]))
+          kept = part.take(keep)
+          kept.counts = None
+          yield "next", (shard, kept)
   return step
 
 
@@ -638,7 +333,7 @@ def _write_summary(cfg: _Config):
 
 def _shard_tokens_counted(cfg: _Config):
   def step(shard):
-    return 0, ("tokens", sum(len(r) // 4 for r in read_shard(cfg.paths[shard])))
+    return 0, ("tokens", sum(len(r) // 4 for r in shards.read_records(cfg.paths[shard])))
   return step
 
 
@@ -687,9 +382,9 @@ def build_pipeline(pipeline, cfg: _Config) -> None:
   current = shards
   for n in range(2, cfg.max_n + 1):
     merged = (current
-              | f"CountShard{n}" >> beam.FlatMap(_measured("CountShard", _count_step(cfg, n)))
+              | f"CountShard{n}" >> beam.FlatMap(_measured(f"CountShard{n}", _count_step(cfg, n)))
               | f"GroupBucket{n}" >> beam.GroupByKey()
-              | f"MergeBucket{n}" >> beam.FlatMap(_measured("MergeBucket", _merge_step(cfg, n))))
+              | f"MergeBucket{n}" >> beam.FlatMap(_measured(f"MergeBucket{n}", _merge_step(cfg, n))))
     parts.append(pick(merged, f"Survivors{n}", "rank"))
     if n < cfg.max_n:
       current = pick(merged, f"ToShards{n}", "next") | f"GroupShard{n}" >> beam.GroupByKey()
@@ -747,28 +442,13 @@ def run_count(shard_paths: list[str], result_dir: str, *, vocab_size: int, speci
   cfg = _Config(sorted(shard_paths), vocab_size, special_ids, max_n, size, min_count,
                 num_buckets or default_num_buckets(len(shard_paths)),
                 sample_every or RANGE_ROWS, rows_per_file, result_dir)
-  args = parse_beam_args(beam_args)
-  if any(a.endswith(RUNNER_ALIASES["DaskRunner"]) for a in args) and not any(
-      a.startswith(("--dask_npartitions", "--dask_partition_size")) for a in args):
-    args.append(f"--dask_npartitions={_dask_partitions(args, len(cfg.paths))}")
+  args = with_dask_partitions(parse_beam_args(beam_args), len(cfg.paths))
+  quiet_worker_logs()
   pipeline = beam.Pipeline(options=PipelineOptions(args))
   build_pipeline(pipeline, cfg)
-  _run(pipeline.run())
+  run(pipeline.run())
   with FileSystems.open(FileSystems.join(result_dir, SUMMARY)) as f:
     return json.loads(f.read().decode())
-
-
-def _dask_partitions(args: list[str], num_shards: int) -> int:
-  """Dask partitions (tasks per stage) when --beam_args names none: one per worker thread of the
-  cluster (the runner's own default puts up to 128 created elements, here all shards, in one
-  task; more partitions than threads only add tasks, since each Flatten adds up partitions)."""
-  address = next((a.split("=", 1)[1] for a in args if a.startswith("--dask_client_address=")), None)
-  threads = os.cpu_count() or 1
-  if address:
-    from dask.distributed import Client
-    with Client(address, timeout=30) as client:
-      threads = sum(client.nthreads().values()) or 1
-  return max(1, min(num_shards, threads))
 
 
 def count_fgrams_beam(shard_paths: list[str], *, vocab_size: int, special_ids=(), max_n: int, size: int,

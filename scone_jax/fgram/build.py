@@ -6,7 +6,7 @@
 writes FG/fgrams.parquet (or its shards past vocab.ROWS_PER_FILE rows) and FG/meta.json
 (scone_jax.fgram.vocab, atomically). The local runner is scone_jax.fgram.count (numpy, bounded
 memory, spills to --tmp_dir, default FG's parent); the beam runner is scone_jax.fgram.beam_count,
-whose pipeline options all come in the one string --beam_args (beam_count.add_beam_args /
+whose pipeline options all come in the one string --beam_args (beam_runner.add_beam_args /
 parse_beam_args, shared with every Beam command); without a --runner in it, the FnApiRunner with
 worker processes (offline-safe). The Beam workers write the ranked files themselves; they are
 copied into FG, never gathered in this process.
@@ -19,7 +19,7 @@ import os
 
 from scone_jax.data.shards import data_fingerprint, load_meta, read_documents, shard_paths, verify_shards
 from scone_jax.errors import UserError
-from scone_jax.fgram import beam_count, vocab as vocab_lib
+from scone_jax.fgram import beam_count, beam_runner, vocab as vocab_lib
 from scone_jax.fgram.count import DEFAULT_CHUNK_TOKENS, count_fgrams, counted_meta, validate_params
 from scone_jax.outputs import check_output
 
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="local runner: tokens per in-memory chunk (about 60 bytes each)")
   parser.add_argument("--tmp_dir", default=None, help="where spilled runs go (default: FG's parent)")
   parser.add_argument("--progress", action="store_true", help="show progress even when stderr is not a TTY")
-  beam_count.add_beam_args(parser)
+  beam_runner.add_beam_args(parser)
 
 
 def _check_data(data_dir: str):

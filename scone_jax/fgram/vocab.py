@@ -186,6 +186,16 @@ def fgrams_sha256(fg_dir: str, meta: FgramMeta) -> str:
   return combined_sha256(names, [_sha256(os.path.join(fg_dir, n)) for n in names])
 
 
+def verify_files(fg_dir: str, meta: FgramMeta) -> None:
+  """FG's parquet files hash to meta.json's parquet_sha256 (read in blocks, never loaded): one-line
+  UserError if not."""
+  names = parquet_files(fg_dir)
+  if meta.parquet_sha256 and combined_sha256(names, [_sha256(os.path.join(fg_dir, n)) for n in names]) != (
+      meta.parquet_sha256):
+    pq_path = os.path.join(fg_dir, names[0]) if len(names) == 1 else os.path.join(fg_dir, "fgrams-*.parquet")
+    raise UserError(f"{pq_path!r} does not match the sha256 in its meta.json (corrupted?); rebuild the f-grams")
+
+
 def load(fg_dir: str, verify: bool = True) -> FgramVocab:
   """Reads FG (one parquet file or shards); refuses a directory whose parquet does not match the
   hash in its meta.json."""
@@ -196,9 +206,8 @@ def load(fg_dir: str, verify: bool = True) -> FgramVocab:
       raise UserError(f"{p!r} does not exist: build it with `scone-jax fgrams build --out {fg_dir}`")
   pq_path = os.path.join(fg_dir, names[0]) if len(names) == 1 else os.path.join(fg_dir, "fgrams-*.parquet")
   meta = load_meta(fg_dir)
-  if verify and meta.parquet_sha256 and combined_sha256(
-      names, [_sha256(os.path.join(fg_dir, n)) for n in names]) != meta.parquet_sha256:
-    raise UserError(f"{pq_path!r} does not match the sha256 in its meta.json (corrupted?); rebuild the f-grams")
+  if verify:
+    verify_files(fg_dir, meta)
   flats, lengths, counts = [], [], []
   for name in names:
     flat, offsets, count = read_rows(os.path.join(fg_dir, name))
