@@ -388,16 +388,38 @@ def shard_tokens(path: str, vocab_size: int, special_ids) -> np.ndarray:
   return mask_specials(out.astype(np.int32, copy=False), special_ids)
 
 
-def _valid_starts(tokens: np.ndarray, m: int, first_ok: np.ndarray | None = None) -> np.ndarray:
-  """Start of every window of m ids with no SEPARATOR (and, given first_ok [|V|] bool, whose first
-  id is allowed)."""
+PAIR_FILTER_BITS = 20   # a 1 MB table: stays in cache
+PAIR_FILTER_MAX = 1 << 18  # survivors above this fill too much of it to filter
+
+
+def _valid_starts(tokens: np.ndarray, m: int, survivors: Grams | None = None, bits: int = 64) -> np.ndarray:
+  """Start of every window of m ids with no SEPARATOR that may be one of survivors (if given): its
+  first id is some survivor's first id or, for few survivors, a hash of its first two ids is set
+  in a table of those of the survivors (false positives only: callers check the window exactly)."""
   count = len(tokens) - m + 1
   ok = tokens[:count] != SEPARATOR
   for j in range(1, m):
     ok &= tokens[j:j + count] != SEPARATOR
-  if first_ok is not None:
-    ok &= first_ok[np.maximum(tokens[:count], 0)]
+  if survivors is not None:
+    rows = survivors.rows(bits)
+    if m >= 2 and len(rows) <= PAIR_FILTER_MAX:
+      table = np.zeros(1 << PAIR_FILTER_BITS, bool)
+      table[_pair_slots(rows[:, 0], rows[:, 1])] = True
+      ok &= table[_pair_slots(tokens[:count], tokens[1:count + 1])]
+    else:
+      first_ok = np.zeros(int(tokens.max()) + 1, bool)
+      first = rows[:, 0]
+      first_ok[first[first < len(first_ok)]] = True
+      ok &= first_ok[np.maximum(tokens[:count], 0)]
   return np.flatnonzero(ok)
+
+
+def _pair_slots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  h = a.astype(np.uint64) << np.uint64(32)
+  h |= b.astype(np.uint32).astype(np.uint64)
+  h *= np.uint64(0x9E3779B97F4A7C15)
+  h >>= np.uint64(64 - PAIR_FILTER_BITS)
+  return h.view(np.int64)
 
 
 def _window_keys(tokens: np.ndarray, starts: np.ndarray, m: int, bits: int) -> np.ndarray:
@@ -439,7 +461,7 @@ def count_shard(tokens: np.ndarray, n: int, survivors: Grams | None = None, voca
   """The candidate n-grams of one token stream and their counts in it. survivors: this shard's
   (n-1)-grams that survived pass n-1, in ascending key order; None for n = 2. Candidates are
   windows whose (n-1)-prefix and (n-1)-suffix both survived and hold no SEPARATOR; only windows
-  that start with the first id of some survivor are looked up."""
+  that pass _valid_starts' filter are looked up."""
   bits = id_bits(vocab_size)
   if len(tokens) < n:
     return Grams.empty(n, bits)
@@ -447,11 +469,7 @@ def count_shard(tokens: np.ndarray, n: int, survivors: Grams | None = None, voca
     candidates = _valid_starts(tokens, 2)
   else:
     m = n - 1
-    first_ok = np.zeros(int(tokens.max()) + 1, bool)
-    first_ids = survivors.rows(bits)[:, 0]
-    first_ok[first_ids[first_ids < len(first_ok)]] = True
-    starts = _valid_starts(tokens, m, first_ok)
-    del first_ok
+    starts = _valid_starts(tokens, m, survivors, bits)
     alive = np.zeros(len(tokens) - m + 1, bool)
     alive[starts[_surviving(tokens, starts, m, bits, survivors)]] = True
     del starts
