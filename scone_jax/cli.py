@@ -25,6 +25,7 @@ COMMANDS: dict[str, object] = {
     "train": ("scone_jax.train.loop", "train from gin files; resumes automatically"),
     "eval": ("scone_jax.commands.eval", "validation loss and perplexity of a run"),
     "compile": ("scone_jax.train.aot", "AOT-compile the train step for a TPU topology"),
+    "describe": ("scone_jax.commands.describe", "parameter and FLOP accounting of gin files as JSON, without data"),
     "export": ("scone_jax.export.writer", "precompute the f-gram table into a zarr store"),
     "generate": ("scone_jax.serve.generate", "decode from a trained run"),
     "store": {

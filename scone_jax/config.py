@@ -21,7 +21,10 @@ from scone_jax.errors import UserError
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """The main decoder (Llama-style). vocab_size 0 = take it from the data's meta.json."""
+  """The main decoder; its block design is also A_f's (methods/scone.py). The defaults are
+  Llama-style (SwiGLU, RMSNorm, no biases, RoPE); mlp='gelu', norm='layer', bias=True,
+  positions='learned' is the GPT-2 block of the SCONE paper's models (docs/METHODS.md 1.6).
+  vocab_size 0 = take it from the data's meta.json."""
   vocab_size: int = 0
   d_model: int = 128
   num_layers: int = 2
@@ -29,7 +32,11 @@ class ModelConfig:
   num_kv_heads: int = 2
   head_dim: int = 0             # 0 = d_model // num_heads
   d_ff: int = 512
-  max_seq_len: int = 2048        # longest sequence the model accepts (RoPE has no table; this is a guard)
+  mlp: str = "swiglu"            # swiglu: W_down(SiLU(W_gate x) * W_up x) | gelu: W_down(GELU(W_up x)), tanh form (GPT-2)
+  norm: str = "rms"              # rms: RMSNorm (scale) | layer: LayerNorm (scale and bias)
+  bias: bool = False             # biases on the q/k/v/o projections and the MLP matrices (GPT-2)
+  positions: str = "rope"        # rope: rotary, in attention | learned: a [max_seq_len, d] table added to the input embedding
+  max_seq_len: int = 2048        # longest sequence the model accepts (rows of the learned position table; for RoPE a guard)
   rope_theta: float = 10000.0
   norm_eps: float = 1e-6
   tie_embeddings: bool = True
@@ -55,7 +62,10 @@ class ModelConfig:
       raise UserError(f"ModelConfig.num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
     if not self.head_dim and self.d_model % self.num_heads:
       raise UserError(f"ModelConfig.d_model={self.d_model} is not divisible by num_heads={self.num_heads}; set head_dim")
-    if self.resolved_head_dim % 2:
+    for name, allowed in (("mlp", MLPS), ("norm", NORMS), ("positions", POSITIONS)):
+      if getattr(self, name) not in allowed:
+        raise UserError(f"ModelConfig.{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+    if self.positions == "rope" and self.resolved_head_dim % 2:
       raise UserError(f"head dimension {self.resolved_head_dim} must be even for RoPE")
     if self.remat_policy not in REMAT_POLICIES:
       raise UserError(f"ModelConfig.remat_policy={self.remat_policy!r} is not one of {', '.join(REMAT_POLICIES)}")
@@ -64,6 +74,9 @@ class ModelConfig:
 
 
 REMAT_POLICIES = ("none", "nothing_saveable", "dots", "dots_with_no_batch_dims")
+MLPS = ("swiglu", "gelu")
+NORMS = ("rms", "layer")
+POSITIONS = ("rope", "learned")
 
 
 @gin.configurable

@@ -49,6 +49,7 @@ RULES: tuple[tuple[str, object], ...] = (
     ("head_dim", None),
     ("mlp", "tensor"),
     ("norm", None),
+    ("pos", None),                # rows of the learned position table (ModelConfig.positions)
     # f-gram model A_f (training only)
     ("fgram_layers", None),
     ("fgram_embed", "fsdp"),

@@ -145,8 +145,11 @@ def stem_reference_logits(model, batch, vocab_size: int, stem_layers: tuple[int,
 # Float64, from a parameter pure dict (`nnx.to_pure_dict`, or LoadedRun.params) read by name only:
 # no scone_jax model code runs. Head counts and widths come from the parameters' shapes; a stack
 # of layers is either stacked (a leading layer axis, scan_layers) or a dict {0: ..., 1: ...}.
-# `cfg` is anything with norm_eps, rope_theta and tie_embeddings (a ModelConfig); A_f shares the
-# main model's eps and theta (METHODS.md 1.3: "blocks of the main model's design").
+# `cfg` is anything with norm_eps, rope_theta, positions and tie_embeddings (a ModelConfig); A_f
+# shares the main model's eps, theta and positions (METHODS.md 1.3: "blocks of the main model's
+# design"). The block's form is read from the parameters present: a norm with a `bias` is a
+# LayerNorm, an MLP without `w_gate` is GELU (tanh form), biases where `bq`, `b_up`, ... exist;
+# RoPE only for cfg.positions == "rope"; a `pos_embed` table is added to the input embeddings.
 
 
 def np_params(params) -> dict:
@@ -172,6 +175,22 @@ def np_rms_norm(x, scale, eps: float):
   return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * scale
 
 
+def np_layer_norm(x, scale, bias, eps: float):
+  """(x - mean(x)) / sqrt(var(x) + eps) · scale + bias over the last axis."""
+  centred = x - np.mean(x, axis=-1, keepdims=True)
+  return centred / np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True) + eps) * scale + bias
+
+
+def np_norm(x, p: dict, eps: float):
+  """The norm whose parameters p are: LayerNorm (scale, bias) or RMSNorm (scale)."""
+  return np_layer_norm(x, p["scale"], p["bias"], eps) if "bias" in p else np_rms_norm(x, p["scale"], eps)
+
+
+def np_gelu(x):
+  """GELU, tanh approximation (GPT-2): x/2 · (1 + tanh(sqrt(2/π) · (x + 0.044715 x³)))."""
+  return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
 def np_rope(x_LxNxH, positions_L, theta: float):
   """Rotate-half RoPE: frequencies θ^(-2i/H), i < H/2; (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
   h = x_LxNxH.shape[-1]
@@ -181,12 +200,17 @@ def np_rope(x_LxNxH, positions_L, theta: float):
   return np.concatenate([x1 * np.cos(angle) - x2 * np.sin(angle), x2 * np.cos(angle) + x1 * np.sin(angle)], axis=-1)
 
 
-def np_attention(x_LxD, p: dict, positions_L, segment_ids_L, theta: float):
+def np_attention(x_LxD, p: dict, positions_L, segment_ids_L, theta: float | None):
   """Grouped-query attention, one sequence: query head n reads key/value head n // (N / K); a
-  query sees the keys of its own segment at positions <= its own; softmax(q·k / sqrt(H))."""
-  q = np_rope(np.einsum("ld,dnh->lnh", x_LxD, p["wq"]), positions_L, theta)
-  k = np_rope(np.einsum("ld,dkh->lkh", x_LxD, p["wk"]), positions_L, theta)
-  v = np.einsum("ld,dkh->lkh", x_LxD, p["wv"])
+  query sees the keys of its own segment at positions <= its own; softmax(q·k / sqrt(H)).
+  theta None: no RoPE (learned absolute positions)."""
+  def proj(name, eq):
+    y = np.einsum(eq, x_LxD, p[name])
+    return y + p["b" + name[1]] if "b" + name[1] in p else y
+
+  q, k, v = proj("wq", "ld,dnh->lnh"), proj("wk", "ld,dkh->lkh"), proj("wv", "ld,dkh->lkh")
+  if theta is not None:
+    q, k = np_rope(q, positions_L, theta), np_rope(k, positions_L, theta)
   n, kv, h = q.shape[1], k.shape[1], q.shape[2]
   seg, pos = np.asarray(segment_ids_L), np.asarray(positions_L)
   allowed = (seg[:, None] == seg[None, :]) & (pos[:, None] >= pos[None, :])   # [Lq, Lk]
@@ -196,21 +220,29 @@ def np_attention(x_LxD, p: dict, positions_L, segment_ids_L, theta: float):
     scores = np.where(allowed, q[:, head] @ k[:, g].T / math.sqrt(h), -np.inf)
     w = np.exp(scores - scores.max(axis=1, keepdims=True))
     out[:, head] = (w / w.sum(axis=1, keepdims=True)) @ v[:, g]
-  return np.einsum("lnh,nhd->ld", out, p["wo"])
+  out = np.einsum("lnh,nhd->ld", out, p["wo"])
+  return out + p["bo"] if "bo" in p else out
 
 
-def np_swiglu(x_LxD, p: dict):
-  """W_down(SiLU(W_gate x) * W_up x)."""
-  gate = x_LxD @ p["w_gate"]
-  return ((gate / (1 + np.exp(-gate))) * (x_LxD @ p["w_up"])) @ p["w_down"]
+def np_mlp(x_LxD, p: dict):
+  """W_down(SiLU(W_gate x) * W_up x) (SwiGLU) or W_down(GELU(W_up x)), each matrix plus its bias if any."""
+  def lin(name, x):
+    return x @ p["w_" + name] + p.get("b_" + name, 0.0)
+
+  up = lin("up", x_LxD)
+  if "w_gate" in p:
+    gate = lin("gate", x_LxD)
+    return lin("down", (gate / (1 + np.exp(-gate))) * up)
+  return lin("down", np_gelu(up))
 
 
 def np_blocks(x_LxD, stack: dict, positions_L, segment_ids_L, cfg):
-  """Pre-norm blocks: x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)), layer by layer."""
+  """Pre-norm blocks: x + Attn(norm(x)), then x + MLP(norm(x)), layer by layer."""
+  theta = cfg.rope_theta if getattr(cfg, "positions", "rope") == "rope" else None
   for p in np_layers(stack):
-    x_LxD = x_LxD + np_attention(np_rms_norm(x_LxD, p["attn_norm"]["scale"], cfg.norm_eps), p["attn"],
-                                 positions_L, segment_ids_L, cfg.rope_theta)
-    x_LxD = x_LxD + np_swiglu(np_rms_norm(x_LxD, p["mlp_norm"]["scale"], cfg.norm_eps), p["mlp"])
+    x_LxD = x_LxD + np_attention(np_norm(x_LxD, p["attn_norm"], cfg.norm_eps), p["attn"],
+                                 positions_L, segment_ids_L, theta)
+    x_LxD = x_LxD + np_mlp(np_norm(x_LxD, p["mlp_norm"], cfg.norm_eps), p["mlp"])
   return x_LxD
 
 
@@ -227,7 +259,7 @@ def np_fgram_embedding(params: dict, cfg, gram) -> np.ndarray:
     x = x @ af["in_proj"]
   x = x + af["positions"]
   h = np_blocks(x, af["blocks"]["blocks"], np.arange(k), np.ones(k, np.int64), cfg)[len(gram) - 1]
-  h = np_rms_norm(h, af["final_norm"]["scale"], cfg.norm_eps)
+  h = np_norm(h, af["final_norm"], cfg.norm_eps)
   return h @ af["out_proj"] if "out_proj" in af else h
 
 
@@ -249,13 +281,16 @@ def np_scone_embeddings(params: dict, cfg, fgrams: list[tuple[int, ...]], tokens
 
 
 def np_logits(params: dict, cfg, embeddings_LxD, positions_L=None, segment_ids_L=None) -> np.ndarray:
-  """The main model from its input embeddings: blocks, final RMSNorm, logits [L, V]: tied
+  """The main model from its input embeddings (T[x] or the method's): plus the learned position
+  rows P[position] if the model has them, blocks, final norm, logits [L, V]: tied
   h·Tᵀ·d^(-1/2), or h·W_unembed."""
   n = len(embeddings_LxD)
   positions = np.arange(n) if positions_L is None else np.asarray(positions_L)
   seg = np.ones(n, np.int64) if segment_ids_L is None else np.asarray(segment_ids_L)
+  if "pos_embed" in params:
+    embeddings_LxD = embeddings_LxD + params["pos_embed"][positions]
   h = np_blocks(embeddings_LxD, params["decoder"]["blocks"], positions, seg, cfg)
-  h = np_rms_norm(h, params["final_norm"]["scale"], cfg.norm_eps)
+  h = np_norm(h, params["final_norm"], cfg.norm_eps)
   if cfg.tie_embeddings:
     assert "unembed" not in params
     return h @ params["token_embed"].T * params["token_embed"].shape[1] ** -0.5

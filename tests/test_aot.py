@@ -117,47 +117,61 @@ def test_missing_vocabulary_size_exits_2(capsys):
 PAPER_MODELS = sorted(f"models/{os.path.basename(p)}" for p in glob.glob(f"{EXPERIMENTS_DIR}/models/*_d*_l*.gin")
                       if re.fullmatch(r"(olmo|webtext)_d\d+_l\d+\.gin", os.path.basename(p)))   # the baselines
 POD_RUNS = {"runs/v5p_256.gin": "v5p-256", "runs/v6e_256.gin": "v6e-256"}
+# The paper's GPT-2-form models (METHODS.md 1.6); the WebText ones train at 1024 tokens.
+GPT2_MODELS = sorted(f"models/{os.path.basename(p)}" for p in glob.glob(f"{EXPERIMENTS_DIR}/models/paper_*_d*_l*.gin"))
+GPT2_RUNS = {"olmo": {"runs/v5p_256.gin": ("v5p-256", 2048), "runs/v6e_256.gin": ("v6e-256", 2048)},
+             "webtext": {"runs/v5p_256_seq1024.gin": ("v5p-256", 1024)}}
 
 
 @pytest.mark.slow
 def test_paper_sizes_lower_on_their_pods():
-  """Every paper-size model file with every pod run file: the mesh covers the slice, every
-  parameter and the batch divide over it, and the real train step lowers (compiling them all
-  takes minutes each; the 1B one is measured in the report)."""
-  assert len(PAPER_MODELS) == 10, PAPER_MODELS
-  for run_file, slice_name in POD_RUNS.items():
+  """Every paper-size model file (ours and the paper's GPT-2 form) with the pod run files of its
+  sequence length: the mesh covers the slice, every parameter and the batch divide over it, and
+  the real train step lowers (compiling them all takes minutes each; the 1B one is measured in
+  the report)."""
+  assert len(PAPER_MODELS) == 10 and len(GPT2_MODELS) == 10, (PAPER_MODELS, GPT2_MODELS)
+  jobs = [(m, r, s, 2048) for r, s in POD_RUNS.items() for m in PAPER_MODELS]
+  jobs += [(m, r, s, seq) for m in GPT2_MODELS for r, (s, seq) in GPT2_RUNS[m.split("_")[1]].items()]
+  for slice_name in sorted({s for _, _, s, _ in jobs}):
     topo = aot.parse_topology(slice_name)
     devices = aot.topology_devices(topo)
     hosts = len({d.process_index for d in devices})
-    for model_file in PAPER_MODELS:
+    for model_file, run_file, _, seq_len in (j for j in jobs if j[2] == slice_name):
       exp = aot.load_experiment([model_file, run_file], [])
-      assert (exp.model.dtype, exp.data.seq_len, exp.model.vocab_size) == ("bfloat16", 2048, 50304)
+      assert (exp.model.dtype, exp.data.seq_len, exp.model.vocab_size) == ("bfloat16", seq_len, 50304)
       trainer = Trainer(exp.model, exp.train, parallel.make_mesh(exp.mesh, devices), exp.build_model)
       assert trainer.mesh.devices.size == topo.chips
       assert exp.data.batch_size % trainer.batch_devices == 0 and exp.data.batch_size % hosts == 0
       lowered, (_, batch) = aot.lower_train_step(exp, trainer, hosts)
-      assert batch["inputs"].shape == (exp.data.batch_size, 2048)
+      assert batch["inputs"].shape == (exp.data.batch_size, seq_len)
       assert "jit_train_step" in lowered.as_text()[:2000]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method_file,layers", [("methods/scone_af06b.gin", 9), ("methods/scone_af18b.gin", 27)])
-def test_olmo_1b_scone_lowers_on_v5p_256_without_data(method_file, layers):
-  """The 1B-class SCONE configs size themselves from FgramConfig.max_n/size (no f-gram file)."""
+@pytest.mark.parametrize("model_file,method_file,run_file,layers,size,rows", [
+    ("models/paper_olmo_d2048_l18.gin", "methods/scone_af06b.gin", "runs/v5p_256.gin", 12, 10_000_000, 5120),
+    ("models/paper_olmo_d2048_l18.gin", "methods/scone_af18b.gin", "runs/v5p_256.gin", 36, 10_000_000, 5120),
+    ("models/paper_olmo_d2048_l18.gin", "methods/scone_af18b_fg1b.gin", "runs/v5p_256.gin", 36, 10 ** 9, 5120),
+    ("models/paper_webtext_d1536_l12.gin", "methods/scone_webtext_fg100m.gin", "runs/v5p_256_seq1024.gin", 12,
+     100_000_000, 3072),
+], ids=["olmo-af06b", "olmo-af18b", "olmo-af18b-fg1b", "webtext-fg100m"])
+def test_paper_scone_lowers_on_v5p_256_without_data(model_file, method_file, run_file, layers, size, rows):
+  """The paper-size SCONE configs size themselves from FgramConfig.max_n/size (no f-gram file)."""
   topo = aot.parse_topology("v5p-256")
   devices = aot.topology_devices(topo)
   hosts = len({d.process_index for d in devices})
-  exp = aot.load_experiment(["models/olmo_d2048_l18.gin", method_file, "runs/v5p_256.gin"], [])
-  method = exp.method
-  assert method.fgram.num_layers == layers and method.max_n == 5 and method.num_fgrams == 10_000_000
+  exp = aot.load_experiment([model_file, method_file, run_file], [])
+  method, d = exp.method, exp.model.d_model
+  assert method.fgram.num_layers == layers and method.max_n == 5 and method.num_fgrams == size
   trainer = Trainer(exp.model, exp.train, parallel.make_mesh(exp.mesh, devices), exp.build_model)
   acct = exp.accounting(trainer.abstract_params, hosts, trainer.batch_devices)
-  assert acct.offloaded_entries == 10_000_000 * 2048
-  per_block = 2048 * 128 * (16 * 4) + 3 * 2048 * 8192 + 2 * 2048
-  assert acct.training_params == layers * per_block + 5 * 2048 + 2048   # blocks, positions, final norm
+  assert acct.offloaded_entries == size * d
+  # GPT-2 blocks: attention 4 d^2 + 4 d biases, FFN 2 d 4d + 4d + d biases, two LayerNorms 4 d.
+  per_block = 4 * d * d + 4 * d + 8 * d * d + 5 * d + 4 * d
+  assert acct.training_params == layers * per_block + 5 * d + 2 * d   # blocks, positions, final LayerNorm
   lowered, (_, batch) = aot.lower_train_step(exp, trainer, hosts)
-  # A_f sized for FgramConfig.max_unique = 20,480 f-grams per host, all of length K = 5, packed
-  # 4 per row of 24 slots (4K rounded up to a multiple of 8): 5,120 rows per host.
-  assert batch["unique_packed_tokens"].shape == (5120 * hosts, 24)
-  assert batch["unique_packed_ends"].shape == (5120 * hosts, 12)
-  assert batch["fgram_index"].shape == (exp.data.batch_size, 2048)
+  # A_f sized for FgramConfig.max_unique f-grams per host (OLMo 20,480, WebText 12,288), all of
+  # length K = 5, packed 4 per row of 24 slots (4K rounded up to a multiple of 8).
+  assert batch["unique_packed_tokens"].shape == (rows * hosts, 24)
+  assert batch["unique_packed_ends"].shape == (rows * hosts, 12)
+  assert batch["fgram_index"].shape == (exp.data.batch_size, exp.data.seq_len)

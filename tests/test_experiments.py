@@ -46,20 +46,39 @@ BASES = {f for f in GIN_FILES if f.endswith("_base.gin")}
 MODELS = [f for f in _files("models") if f not in BASES]
 METHODS = [f for f in _files("methods") if f not in BASES]
 RUNS = [f for f in _files("runs") if f not in BASES]
-# Paper-size models (vocabulary 50304, 2048-token sequences) go with the pod runs; the rest with the
-# CPU runs.
-POD_MODELS = [m for m in MODELS if _includes(m) & {"models/olmo_base.gin", "models/webtext_base.gin"}]
+# Paper-size models (vocabulary 50304) go with the pod runs of their sequence length (2048; 1024 for
+# the paper's WebText models, whose position table has 1024 rows); the rest with the CPU runs.
+POD_BASES = {"models/olmo_base.gin", "models/webtext_base.gin", "models/paper_olmo_base.gin",
+             "models/paper_webtext_base.gin"}
+POD_MODELS = [m for m in MODELS if _includes(m) & POD_BASES]
 CPU_MODELS = [m for m in MODELS if m not in POD_MODELS]
 POD_RUNS = [r for r in RUNS if "runs/pod_base.gin" in _includes(r)]
 CPU_RUNS = [r for r in RUNS if "runs/cpu_base.gin" in _includes(r)]
 # Method overlays sized for one main model (paper-size A_f, tables scaled to d and |V|); every other
 # overlay goes on every model.
+PAPER_WEBTEXT_L12 = ["models/paper_webtext_d1536_l12.gin", "models/paper_webtext_d1024_l12.gin"]
 SIZED_METHODS = {
-    "methods/scone_af06b.gin": ["models/olmo_d2048_l18.gin"],
-    "methods/scone_af18b.gin": ["models/olmo_d2048_l18.gin"],
+    "methods/scone_af06b.gin": ["models/paper_olmo_d2048_l18.gin"],
+    "methods/scone_af18b.gin": ["models/paper_olmo_d2048_l18.gin"],
+    "methods/scone_af06b_fg1b.gin": ["models/paper_olmo_d2048_l18.gin"],
+    "methods/scone_af18b_fg1b.gin": ["models/paper_olmo_d2048_l18.gin"],
+    **{f"methods/scone_webtext_{v}.gin": PAPER_WEBTEXT_L12 for v in ("fg512k", "fg10m", "fg100m", "af05x", "af3x")},
     "methods/ngram_n4k4.gin": ["models/olmo_d2048_l18.gin"],
 }
 GENERIC_METHODS = [None] + [m for m in METHODS if m not in SIZED_METHODS]   # None: the baseline
+
+
+def _value(gin_file: str, name: str) -> str | None:
+  """The last value a file binds to `name` (includes first, as gin reads them)."""
+  found = re.findall(rf"^{re.escape(name)}\s*=\s*(\S+)", _text(gin_file), re.M)
+  return found[-1] if found else None
+
+
+def _fits(model: str, method: str | None, run: str) -> bool:
+  """A pod run goes with the models of its sequence length; STEM needs a SwiGLU FFN (METHODS.md 3)."""
+  if method == "methods/stem.gin" and _value(model, "ModelConfig.mlp") == "'gelu'":
+    return False
+  return run not in POD_RUNS or _value(run, "DataConfig.seq_len") == _value(model, "ModelConfig.max_seq_len")
 
 
 def _combos() -> list[tuple[str, ...]]:
@@ -68,7 +87,8 @@ def _combos() -> list[tuple[str, ...]]:
     for model in models:
       for method in GENERIC_METHODS + [m for m, ms in SIZED_METHODS.items() if model in ms]:
         for run in runs:
-          out.append(tuple(f for f in (model, method, run) if f))
+          if _fits(model, method, run):
+            out.append(tuple(f for f in (model, method, run) if f))
   return out
 
 
@@ -84,9 +104,11 @@ def dirs(tmp_path_factory):
 
 
 def test_there_are_experiments():
-  assert {"models/tiny.gin", "models/demo.gin", "models/olmo_d2048_l18.gin"} <= set(CPU_MODELS + POD_MODELS)
+  assert {"models/tiny.gin", "models/demo.gin", "models/olmo_d2048_l18.gin",
+          "models/paper_olmo_d2048_l18.gin", "models/paper_webtext_d1024_l6.gin"} <= set(CPU_MODELS + POD_MODELS)
   assert {"methods/scone.gin", "methods/ngram.gin", "methods/stem.gin"} <= set(METHODS)
-  assert {"runs/cpu.gin", "runs/cpu_mesh8.gin", "runs/demo.gin", "runs/v5p_256.gin"} <= set(CPU_RUNS + POD_RUNS)
+  assert {"runs/cpu.gin", "runs/cpu_mesh8.gin", "runs/demo.gin", "runs/v5p_256.gin",
+          "runs/v5p_256_seq1024.gin"} <= set(CPU_RUNS + POD_RUNS)
   assert set(MODELS) == set(CPU_MODELS + POD_MODELS) and set(RUNS) == set(CPU_RUNS + POD_RUNS), (
       "every run file includes runs/cpu_base.gin or runs/pod_base.gin")
   assert set(SIZED_METHODS) <= set(METHODS) and {m for ms in SIZED_METHODS.values() for m in ms} <= set(MODELS)

@@ -107,8 +107,10 @@ def _random_model(method, seed: int):
     name, shape = path[-1].key, x.shape
     if name == "scale":
       return 1 + 0.3 * rng.normal(size=shape)
-    if name in ("token_embed", "positions"):
+    if name in ("token_embed", "positions", "pos_embed"):
       return rng.normal(size=shape)
+    if name == "bias" or name in ("bq", "bk", "bv", "bo") or name.startswith("b_"):   # norm and matrix biases
+      return 0.3 * rng.normal(size=shape)
     fan_in = shape[-3] if name in ("wq", "wk", "wv") else shape[-3] * shape[-2] if name == "wo" else shape[-2]
     return rng.normal(size=shape) * (1.5 if name in ("wq", "wk") else 1.0) / np.sqrt(fan_in)
 
@@ -142,10 +144,15 @@ def _documents_then_batch(method, batch: dict) -> dict:
      FgramConfig(num_layers=2, d_model=16, num_heads=2, num_kv_heads=1, d_ff=32)),
     (dict(num_layers=1, num_heads=4, num_kv_heads=1, scan_layers=False, tie_embeddings=False),
      FgramConfig(num_layers=1)),
-], ids=["d_f=16-projections-scanned-tied", "d_f=d-unscanned-untied"])
+    (dict(num_layers=2, num_heads=4, num_kv_heads=2, scan_layers=True, tie_embeddings=True, mlp="gelu", norm="layer",
+          bias=True, positions="learned", max_seq_len=16),
+     FgramConfig(num_layers=2, d_model=16, num_heads=2, num_kv_heads=1, d_ff=32)),
+], ids=["d_f=16-projections-scanned-tied", "d_f=d-unscanned-untied", "gpt2-form-d_f=16"])
 def test_embedding_and_logits_equal_the_numpy_reference(main, fgram):
   """Matched positions get exactly A_f of their f-gram (no sum with T[x_i], A_f read at the
-  f-gram's last position), unmatched ones T[x_i]; the logits are the numpy decoder's."""
+  f-gram's last position), unmatched ones T[x_i] (plus the position row P[p] in the GPT-2 form,
+  whose A_f has the same GELU / LayerNorm / bias blocks without RoPE); the logits are the numpy
+  decoder's."""
   cfg = ModelConfig(vocab_size=16, d_model=32, d_ff=64, embedding="scone", **main)
   vocab = FgramVocab.from_tuples(HAND_FGRAMS, [1] * len(HAND_FGRAMS),
                                  FgramMeta(3, len(HAND_FGRAMS), 1, 0, "", len(HAND_FGRAMS), 16))
@@ -163,15 +170,18 @@ def test_embedding_and_logits_equal_the_numpy_reference(main, fgram):
   emb, logits = np.asarray(emb), np.asarray(logits)
   params = np_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   table = np.asarray(model.token_embed[...])
+  # The embedding the model's blocks see: the method's, plus P[position] in the GPT-2 form.
+  pos = np.asarray(model.pos_embed[...])[positions] if "pos_embed" in params else np.zeros(emb.shape, np.float32)
   for b in range(len(inputs)):
     want, ids = np_scone_embeddings(params, cfg, HAND_FGRAMS, inputs[b], segments[b])
     np.testing.assert_array_equal(ids, EXPECTED_IDS[b])   # the brute-force reference agrees with the hand
     matched = ids >= 0
     for i in np.flatnonzero(matched):
-      np.testing.assert_allclose(emb[b, i], np_fgram_embedding(params, cfg, HAND_FGRAMS[ids[i]]), rtol=1e-4,
-                                 atol=1e-5, err_msg=f"row {b} position {i}: A_f of f-gram {HAND_FGRAMS[ids[i]]}")
-      assert not np.allclose(emb[b, i], table[inputs[b, i]], atol=0.1)   # replaced, visibly
-    np.testing.assert_array_equal(emb[b, ~matched], table[inputs[b, ~matched]], err_msg=f"row {b}: T[x_i] unmatched")
+      np.testing.assert_allclose(emb[b, i], np_fgram_embedding(params, cfg, HAND_FGRAMS[ids[i]]) + pos[b, i],
+                                 rtol=1e-4, atol=1e-5, err_msg=f"row {b} position {i}: A_f of f-gram {HAND_FGRAMS[ids[i]]}")
+      assert not np.allclose(emb[b, i], table[inputs[b, i]] + pos[b, i], atol=0.1)   # replaced, visibly
+    np.testing.assert_array_equal(emb[b, ~matched], table[inputs[b, ~matched]] + pos[b, ~matched],
+                                  err_msg=f"row {b}: T[x_i] unmatched")
     np.testing.assert_allclose(logits[b], np_logits(params, cfg, want, positions[b], segments[b]), rtol=1e-4,
                                atol=1e-4, err_msg=f"row {b}: logits")
 

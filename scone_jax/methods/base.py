@@ -8,6 +8,7 @@ data's meta.json) and then answers every question the rest of the code has about
   identity()                        hashes of the method's own inputs a run records (SCONE: FG)
   extra_flops()                     forward FLOPs per token the method adds to the main model
   training_only / offloaded         parameter groups of the accounting (docs/METHODS.md 4)
+  describe()                        its resolved sizes (`scone-jax describe`)
   fgram_vocab                       the f-gram vocabulary of methods with an exportable f-gram
                                     table (SCONE), else None
 Nothing outside scone_jax/methods/ asks for a method by name.
@@ -132,6 +133,10 @@ class Method:
   def offloaded_entries(self, counted: int) -> int:
     """Offloaded table entries; `counted` = the parameters in `offloaded` groups."""
     return counted
+
+  def describe(self) -> dict:
+    """The method's own resolved sizes, for `scone-jax describe` (JSON values)."""
+    return {"name": self.name}
 
 
 class TokenFeatures:

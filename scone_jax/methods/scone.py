@@ -4,8 +4,10 @@ Everything the method is, in one place:
   FgramConfig        its gin config (V_f from an f-gram file, A_f's shape, distinct f-grams/batch)
   FgramModel         A_f: the f-gram's token embeddings T[x_j..x_i] (right-padded to K) plus a
                      learned absolute position table, L_f causal decoder blocks of the main
-                     design (at width d_f, with d -> d_f and d_f -> d projections when d_f != d)
-                     and a final norm; the output at the f-gram's last position is its
+                     design (ModelConfig's mlp, norm, bias and positions: RoPE in its blocks
+                     only where the main model has it; at width d_f, with d -> d_f and
+                     d_f -> d projections when d_f != d) and a final norm of the main
+                     design's kind; the output at the f-gram's last position is its
                      embedding. Causal attention makes right-padding exact.
   SconeEmbedding     the model's input embedding: A_f's output where an f-gram matches (it
                      replaces T[x_i]: no add, no gate), else T[x_i]
@@ -42,7 +44,7 @@ from scone_jax.fgram import packing, tags, vocab as fgram_vocab
 from scone_jax.fgram.matcher import ExactMatcher, dedup_batch
 from scone_jax.methods.base import Method
 from scone_jax.models.accounting import decoder_forward_flops
-from scone_jax.models.layers import FGRAM_AXES, RMSNorm, param
+from scone_jax.models.layers import FGRAM_AXES, make_norm, param
 from scone_jax.models.transformer import BlockStack
 from scone_jax.parallel import constrain
 from scone_jax.pending import Done, Mapped
@@ -98,7 +100,7 @@ class FgramModel(nnx.Module):
       self.in_proj = param(rngs, nnx.initializers.lecun_normal(), (d, df), ("embed", None))
       self.out_proj = param(rngs, nnx.initializers.lecun_normal(), (df, d), ("fgram_embed", None))
     self.blocks = BlockStack(cfg, rngs, num_layers=cfg.num_layers, names=FGRAM_AXES, d_model=df)
-    self.final_norm = RMSNorm(df, cfg.norm_eps, rngs, axis="fgram_embed")
+    self.final_norm = make_norm(cfg, df, rngs, axis="fgram_embed")
 
   def __call__(self, token_emb_UxKxD, lengths_U):
     """token_emb [U, K, D] (right-padded), lengths [U] in 2..K -> f-gram embeddings [U, D]."""
@@ -464,6 +466,11 @@ class Scone(Method):
   def offloaded_entries(self, counted):
     return counted + self.num_fgrams * self.model.d_model
 
+  def describe(self):
+    fcfg = self.fgram.model_config(self.model)
+    return {"name": self.name, "max_n": self.max_n, "num_fgrams": self.num_fgrams, "fgram_layers": fcfg.num_layers,
+            "fgram_d_model": fcfg.d_model, "fgram_d_ff": fcfg.d_ff, "fgram_heads": fcfg.num_heads}
+
   def _af_flops(self) -> tuple[float, float]:
     """A_f's forward FLOPs (per token slot: its blocks at context K and the d -> d_f projection;
     per f-gram: the d_f -> d projection at its last token)."""
@@ -522,8 +529,8 @@ def _planned_vocab(fcfg: FgramConfig, model: ModelConfig) -> fgram_vocab.FgramVo
   of distinct f-grams per batch, so a stand-in vocabulary of K-1 f-grams carries K, and
   FgramConfig.size the planned |V_f| (accounting, max_unique bound)."""
   if fcfg.max_n < 2 or fcfg.size < 1:
-    raise UserError("compiling a SCONE run without its f-grams needs FgramConfig.max_n (K >= 2) and "
-                    "FgramConfig.size (|V_f|), or FGRAM_DIR on this host")
+    raise UserError("sizing a SCONE run without its f-grams (compile, describe) needs FgramConfig.max_n (K >= 2) "
+                    "and FgramConfig.size (|V_f|), or FGRAM_DIR on this host")
   grams = [(4,) * n for n in range(2, fcfg.max_n + 1)]   # closed under prefixes and suffixes
   meta = fgram_vocab.FgramMeta(fcfg.max_n, fcfg.size, 1, 0, "", len(grams), model.vocab_size)
   return fgram_vocab.FgramVocab.from_tuples(grams, [1] * len(grams), meta)

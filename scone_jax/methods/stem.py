@@ -184,11 +184,17 @@ class Stem(Method):
 
   @classmethod
   def resolve(cls, model, data, meta, *, planned=False):
+    if model.mlp != "swiglu" or model.bias:
+      raise UserError(f"STEM replaces the up-projection of a bias-free SwiGLU FFN (METHODS.md 3): it needs "
+                      f"ModelConfig.mlp='swiglu' and bias=False (got mlp={model.mlp!r}, bias={model.bias})")
     scfg = C.build(StemConfig)
     return cls(model, data, scfg, stem_layers(scfg, model.num_layers))
 
   def ffn_up(self):
     return lambda rngs: StemUp(self.model, self.layers, rngs)
+
+  def describe(self):
+    return {"name": self.name, "layers": list(self.layers)}
 
   def extra_flops(self):
     """STEM layers drop their up-projection (2 d d_ff per token each): a gather instead."""

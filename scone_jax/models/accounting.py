@@ -7,6 +7,8 @@ Three parameter numbers for every model:
 FLOPs per token: a multiply-add counts 2. Inference = the main model's matmuls (each weight used
 once per token, the token-embedding gather is free; a tied output layer counts V*D) plus attention
 scores and values (2 * 2 * context * heads * head_dim per layer, full context: no causal halving).
+The FFN has 3 matrices (SwiGLU) or 2 (GELU); biases, norms and the learned position table
+(ModelConfig.positions='learned', a lookup) are parameters without matmul FLOPs.
 Training = 3x the forward FLOPs of the main model, plus 3x A_f's forward FLOPs on the distinct
 f-grams of a batch, spread over the batch's tokens.
 What a method adds (its parameter groups, its extra FLOPs) it says itself (scone_jax/methods/);
@@ -69,7 +71,7 @@ def decoder_forward_flops(cfg: ModelConfig, context: int, d_model: int | None = 
   layers = cfg.num_layers if num_layers is None else num_layers
   h = cfg.resolved_head_dim
   proj = d * h * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)   # q, o and k, v
-  mlp = 3 * d * cfg.d_ff
+  mlp = (3 if cfg.mlp == "swiglu" else 2) * d * cfg.d_ff        # W_gate, W_up, W_down | W_up, W_down (GELU)
   attn = 2 * context * cfg.num_heads * h                        # scores + weighted values
   return layers * (2 * (proj + mlp) + 2 * attn)
 

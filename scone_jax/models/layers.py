@@ -1,10 +1,15 @@
-"""Decoder building blocks (Flax NNX): RMSNorm, RoPE, grouped-query attention, SwiGLU, Block.
+"""Decoder building blocks (Flax NNX): RMSNorm / LayerNorm, RoPE, grouped-query attention, the
+SwiGLU or GELU MLP, Block. ModelConfig's mlp, norm, bias and positions pick the block's form: the
+defaults are Llama-style, mlp='gelu' + norm='layer' + bias + positions='learned' is GPT-2's block
+(positions='learned' only drops RoPE here: the table itself is the Transformer's).
 
 Dimension letters in names: B batch, L length (queries), S length (keys), D model width,
 N query heads, K key/value heads, H head width, F FFN width, V vocabulary.
 Parameters are float32 and carry `logical_axes` (one name per dimension, mapped to mesh axes by
-scone_jax.parallel.RULES) and `weight_decay` metadata. A module built with `stack=n` holds every
-parameter with a leading layer axis of size n, for jax.lax.scan over layers.
+scone_jax.parallel.RULES) and `weight_decay` metadata (matrices decay; norm parameters and
+biases do not, as nanoGPT and the Hugging Face trainer treat GPT-2's). A bias is sharded like its
+matrix's output axes. A module built with `stack=n` holds every parameter with a leading layer
+axis of size n, for jax.lax.scan over layers.
 """
 from __future__ import annotations
 
@@ -40,6 +45,16 @@ def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, 
   return nnx.Param(init(rngs.params(), shape, jnp.float32), logical_axes=axes, weight_decay=decay)
 
 
+def zeros_param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], *, stack: int = 0,
+                stack_axis: str = "layers") -> nnx.Param:
+  """A bias: zeros, no weight decay."""
+  return param(rngs, nnx.initializers.zeros, shape, axes, stack=stack, stack_axis=stack_axis, decay=False)
+
+
+def _bias(x, b, dtype):
+  return x if b is None else x + b[...].astype(dtype)
+
+
 def rms_norm(x, scale, eps: float):
   x32 = x.astype(jnp.float32)
   y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
@@ -54,6 +69,32 @@ class RMSNorm(nnx.Module):
 
   def __call__(self, x):
     return rms_norm(x, self.scale[...], self.eps)
+
+
+def layer_norm(x, scale, bias, eps: float):
+  x32 = x.astype(jnp.float32)
+  centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+  y = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
+  return (y * scale + bias).astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm with a learned scale (init 1) and bias (init 0), computed in float32 (GPT-2)."""
+
+  def __init__(self, dim: int, eps: float, rngs: nnx.Rngs, *, axis: str = "norm", stack: int = 0,
+               stack_axis: str = "layers"):
+    self.eps = eps
+    kw = dict(stack=stack, stack_axis=stack_axis, decay=False)
+    self.scale = param(rngs, nnx.initializers.ones, (dim,), (axis,), **kw)
+    self.bias = param(rngs, nnx.initializers.zeros, (dim,), (axis,), **kw)
+
+  def __call__(self, x):
+    return layer_norm(x, self.scale[...], self.bias[...], self.eps)
+
+
+def make_norm(cfg: ModelConfig, dim: int, rngs: nnx.Rngs, **kw) -> nnx.Module:
+  """The norm of cfg's block design (ModelConfig.norm): RMSNorm or LayerNorm."""
+  return (LayerNorm if cfg.norm == "layer" else RMSNorm)(dim, cfg.norm_eps, rngs, **kw)
 
 
 def rope(x_BxLxNxH, positions_BxL, theta: float):
@@ -85,21 +126,30 @@ class Attention(nnx.Module):
     self.wk = param(rngs, init, (d, k, h), (names.embed, names.kv_heads, "head_dim"), **kw)
     self.wv = param(rngs, init, (d, k, h), (names.embed, names.kv_heads, "head_dim"), **kw)
     self.wo = param(rngs, out_init, (n, h, d), (names.heads, "head_dim", names.embed), **kw)
+    self.bq = self.bk = self.bv = self.bo = nnx.data(None)
+    if cfg.bias:
+      self.bq = zeros_param(rngs, (n, h), (names.heads, "head_dim"), **kw)
+      self.bk = zeros_param(rngs, (k, h), (names.kv_heads, "head_dim"), **kw)
+      self.bv = zeros_param(rngs, (k, h), (names.kv_heads, "head_dim"), **kw)
+      self.bo = zeros_param(rngs, (d,), (names.embed,), **kw)
+    self.rope = cfg.positions == "rope"   # else the positions come from the model's learned table
     self.theta = cfg.rope_theta
     self.dtype = jnp.dtype(cfg.dtype)
 
   def qkv(self, x_BxLxD, positions_BxL):
     dt = self.dtype
-    q = jnp.einsum("bld,dnh->blnh", x_BxLxD, self.wq[...].astype(dt))
-    k = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.wk[...].astype(dt))
-    v = jnp.einsum("bld,dkh->blkh", x_BxLxD, self.wv[...].astype(dt))
-    q = constrain(rope(q, positions_BxL, self.theta), ("batch", "length", "act_heads", None))
-    k = constrain(rope(k, positions_BxL, self.theta), ("batch", "length", "act_kv_heads", None))
+    q = _bias(jnp.einsum("bld,dnh->blnh", x_BxLxD, self.wq[...].astype(dt)), self.bq, dt)
+    k = _bias(jnp.einsum("bld,dkh->blkh", x_BxLxD, self.wk[...].astype(dt)), self.bk, dt)
+    v = _bias(jnp.einsum("bld,dkh->blkh", x_BxLxD, self.wv[...].astype(dt)), self.bv, dt)
+    if self.rope:
+      q, k = rope(q, positions_BxL, self.theta), rope(k, positions_BxL, self.theta)
+    q = constrain(q, ("batch", "length", "act_heads", None))
+    k = constrain(k, ("batch", "length", "act_kv_heads", None))
     return q, k, v
 
   def attend(self, q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_Bx1xLxS):
     out = jax.nn.dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xLxS)
-    return jnp.einsum("blnh,nhd->bld", out, self.wo[...].astype(self.dtype))
+    return _bias(jnp.einsum("blnh,nhd->bld", out, self.wo[...].astype(self.dtype)), self.bo, self.dtype)
 
   def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, cache=None, layer=None):
     """Training (cache None): attention within segments, causal by position. Decoding: the new
@@ -115,8 +165,10 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-  """SwiGLU: W_down(SiLU(W_gate x) * W_up x). With up_proj=False the up-projection is not a
-  parameter here: the caller gives it (STEM: a token-indexed table row)."""
+  """SwiGLU: W_down(SiLU(W_gate x) * W_up x), or (ModelConfig.mlp='gelu', GPT-2) two matrices:
+  W_down(GELU(W_up x)), GELU in its tanh approximation; with ModelConfig.bias each matrix has a
+  bias. With up_proj=False the up-projection is not a parameter here: the caller gives it
+  (STEM: a token-indexed table row)."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, names: AxisNames = MAIN_AXES, stack: int = 0,
                d_model: int | None = None, up_proj: bool = True):
@@ -124,20 +176,32 @@ class MLP(nnx.Module):
     init = nnx.initializers.normal(cfg.init_std)
     out_init = nnx.initializers.normal(cfg.init_std / math.sqrt(2 * max(cfg.num_layers, 1)))
     kw = dict(stack=stack, stack_axis=names.layers)
-    self.w_gate = param(rngs, init, (d, f), (names.embed, names.mlp), **kw)
+    self.gated = cfg.mlp == "swiglu"
+    self.w_gate = param(rngs, init, (d, f), (names.embed, names.mlp), **kw) if self.gated else nnx.data(None)
     self.w_up = param(rngs, init, (d, f), (names.embed, names.mlp), **kw) if up_proj else nnx.data(None)
     self.w_down = param(rngs, out_init, (f, d), (names.mlp, names.embed), **kw)
+    self.b_gate = self.b_up = self.b_down = nnx.data(None)
+    if cfg.bias:
+      if self.gated:
+        self.b_gate = zeros_param(rngs, (f,), (names.mlp,), **kw)
+      if up_proj:
+        self.b_up = zeros_param(rngs, (f,), (names.mlp,), **kw)
+      self.b_down = zeros_param(rngs, (d,), (names.embed,), **kw)
     self.dtype = jnp.dtype(cfg.dtype)
 
   def up(self, x_BxLxD):
-    return jnp.einsum("bld,df->blf", x_BxLxD, self.w_up[...].astype(self.dtype))
+    return _bias(jnp.einsum("bld,df->blf", x_BxLxD, self.w_up[...].astype(self.dtype)), self.b_up, self.dtype)
 
   def __call__(self, x_BxLxD, up_BxLxF=None):
     dt = self.dtype
-    gate = jax.nn.silu(jnp.einsum("bld,df->blf", x_BxLxD, self.w_gate[...].astype(dt)))
     up = self.up(x_BxLxD) if up_BxLxF is None else up_BxLxF
-    h = constrain(gate * up, ("batch", "length", "act_mlp"))
-    return jnp.einsum("blf,fd->bld", h, self.w_down[...].astype(dt))
+    if self.gated:
+      gate = jax.nn.silu(_bias(jnp.einsum("bld,df->blf", x_BxLxD, self.w_gate[...].astype(dt)), self.b_gate, dt))
+      h = gate * up
+    else:
+      h = jax.nn.gelu(up, approximate=True)
+    h = constrain(h, ("batch", "length", "act_mlp"))
+    return _bias(jnp.einsum("blf,fd->bld", h, self.w_down[...].astype(dt)), self.b_down, dt)
 
 
 class Block(nnx.Module):
@@ -147,9 +211,9 @@ class Block(nnx.Module):
                d_model: int | None = None, up_proj: bool = True):
     d = d_model or cfg.d_model
     kw = dict(names=names, stack=stack, d_model=d)
-    self.attn_norm = RMSNorm(d, cfg.norm_eps, rngs, stack=stack, stack_axis=names.layers)
+    self.attn_norm = make_norm(cfg, d, rngs, stack=stack, stack_axis=names.layers)
     self.attn = Attention(cfg, rngs, **kw)
-    self.mlp_norm = RMSNorm(d, cfg.norm_eps, rngs, stack=stack, stack_axis=names.layers)
+    self.mlp_norm = make_norm(cfg, d, rngs, stack=stack, stack_axis=names.layers)
     self.mlp = MLP(cfg, rngs, up_proj=up_proj, **kw)
 
   def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, up_fn=None, cache=None, layer=None):

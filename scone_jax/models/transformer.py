@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from scone_jax.config import ModelConfig
-from scone_jax.models.layers import MAIN_AXES, AxisNames, Block, RMSNorm, param
+from scone_jax.models.layers import MAIN_AXES, AxisNames, Block, make_norm, param
 from scone_jax.parallel import constrain
 
 REMAT = {
@@ -82,16 +82,27 @@ class BlockStack(nnx.Module):
 
 
 class Transformer(nnx.Module):
-  """Llama-style decoder LM. `batch` holds `inputs`, `positions`, `segment_ids` (all [B, L])
-  plus whatever the method's input embedding or layers need."""
+  """Decoder LM (Llama-style by default; GPT-2-style with ModelConfig's block options). `batch`
+  holds `inputs`, `positions`, `segment_ids` (all [B, L]) plus whatever the method's input
+  embedding or layers need.
+
+  ModelConfig.positions='learned': an absolute position table P [max_seq_len, d] (GPT-2's wpe),
+  row `positions` (each segment's own, from 0; when decoding, the cache's absolute slot) added
+  to the input embedding, whatever the method's embedding is. Initialised N(0, 1) like T (GPT-2
+  and nanoGPT initialise wpe at wte's scale; our T is N(0, 1)). It takes weight decay, like T:
+  nanoGPT decays every 2-D parameter, wte and wpe included, and MaxText's AdamW decays every
+  parameter unless its `adamw_mask` names it (empty by default)."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, ffn_up: FfnUpFactory | None = None):
     self.cfg = cfg
     d, v = cfg.d_model, cfg.vocab_size
     self.token_embed = param(rngs, nnx.initializers.normal(1.0), (v, d), ("vocab", "embed"))
+    self.pos_embed = nnx.data(None)
+    if cfg.positions == "learned":
+      self.pos_embed = param(rngs, nnx.initializers.normal(1.0), (cfg.max_seq_len, d), ("pos", "embed"))
     self.input_embedding = nnx.data(None)
     self.decoder = BlockStack(cfg, rngs, num_layers=cfg.num_layers, ffn_up=ffn_up)
-    self.final_norm = RMSNorm(d, cfg.norm_eps, rngs)
+    self.final_norm = make_norm(cfg, d, rngs)
     if not cfg.tie_embeddings:
       self.unembed = param(rngs, nnx.initializers.normal(cfg.init_std), (d, v), ("embed", "vocab"))
 
@@ -103,9 +114,15 @@ class Transformer(nnx.Module):
     return constrain(jnp.take(table, tokens_BxL, axis=0), ("batch", "length", "act_embed"))
 
   def embed(self, batch) -> jax.Array:
-    if self.input_embedding is None:
-      return self.embed_tokens(batch["inputs"])
-    return self.input_embedding(self, batch)
+    """The input embedding [B, L, D]: T[x] or the method's, plus the learned position rows."""
+    x = self.embed_tokens(batch["inputs"]) if self.input_embedding is None else self.input_embedding(self, batch)
+    if self.pos_embed is None:
+      return x
+    # A lookup (no FLOPs counted). The table is small (max_seq_len x d): gathered whole, then
+    # read by position; a position past the table gives NaN (mode "fill"), never a wrong row.
+    table = constrain(self.pos_embed[...].astype(x.dtype), (None, None))
+    rows = jnp.take(table, batch["positions"], axis=0, mode="fill")
+    return constrain(x + rows, ("batch", "length", "act_embed"))
 
   def logits(self, h_BxLxD):
     h = self.final_norm(h_BxLxD)
