@@ -388,6 +388,7 @@ def shard_tokens(path: str, vocab_size: int, special_ids) -> np.ndarray:
   return mask_specials(out.astype(np.int32, copy=False), special_ids)
 
 
+BLOCK = 1 << 20         # positions per block where a kernel works block by block
 PAIR_FILTER_BITS = 20   # a 1 MB table: stays in cache
 PAIR_FILTER_MAX = 1 << 18  # survivors above this fill too much of it to filter
 
@@ -405,13 +406,21 @@ def _valid_starts(tokens: np.ndarray, m: int, survivors: Grams | None = None, bi
     if m >= 2 and len(rows) <= PAIR_FILTER_MAX:
       table = np.zeros(1 << PAIR_FILTER_BITS, bool)
       table[_pair_slots(rows[:, 0], rows[:, 1])] = True
-      ok &= table[_pair_slots(tokens[:count], tokens[1:count + 1])]
+      for lo in range(0, count, BLOCK):  # a block at a time: no N-long uint64 temporaries
+        hi = min(count, lo + BLOCK)
+        ok[lo:hi] &= table[_pair_slots(tokens[lo:hi], tokens[lo + 1:hi + 1])]
     else:
       first_ok = np.zeros(int(tokens.max()) + 1, bool)
       first = rows[:, 0]
       first_ok[first[first < len(first_ok)]] = True
       ok &= first_ok[np.maximum(tokens[:count], 0)]
-  return np.flatnonzero(ok)
+  return _positions(ok)
+
+
+def _positions(mask: np.ndarray) -> np.ndarray:
+  """np.flatnonzero as int32 while positions fit (half the memory of int64)."""
+  at = np.flatnonzero(mask)
+  return at.astype(np.int32) if len(mask) < 2**31 else at
 
 
 def _pair_slots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -423,16 +432,17 @@ def _pair_slots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _window_keys(tokens: np.ndarray, starts: np.ndarray, m: int, bits: int) -> np.ndarray:
-  """Packed keys of the windows of m ids at starts."""
+  """Packed keys of the windows of m ids at starts (ids read through shifted views of tokens:
+  no index arrays beyond starts)."""
   keys = tokens[starts].astype(np.uint64)
   for j in range(1, m):
     keys <<= np.uint64(bits)
-    keys |= tokens[starts + j].astype(np.uint64)
+    keys |= tokens[j:][starts].astype(np.uint64)
   return keys
 
 
 def _window_hashes(tokens: np.ndarray, starts: np.ndarray, m: int) -> np.ndarray:
-  return fold_hashes(tokens[starts + j] for j in range(m))
+  return fold_hashes(tokens[j:][starts] for j in range(m))
 
 
 def _surviving(tokens: np.ndarray, starts: np.ndarray, m: int, bits: int, survivors: Grams) -> np.ndarray:
@@ -445,15 +455,24 @@ def _surviving(tokens: np.ndarray, starts: np.ndarray, m: int, bits: int, surviv
   position_bits = max(1, (len(queries) - 1).bit_length())
   if m * bits + position_bits > 64:
     return member_keys(survivors.keys, queries)
+  size = len(queries)
   queries <<= np.uint64(position_bits)
-  queries |= np.arange(len(queries), dtype=np.uint64)
+  for lo in range(0, size, BLOCK):  # the positions, a block at a time (no N-long temporary)
+    queries[lo:lo + BLOCK] |= np.arange(lo, min(size, lo + BLOCK), dtype=np.uint64)
   queries.sort()
-  order = queries & np.uint64((1 << position_bits) - 1)
+  order = (queries & np.uint64((1 << position_bits) - 1)).astype(np.int32 if size < 2**31 else np.int64)
   queries >>= np.uint64(position_bits)
-  heads = np.flatnonzero(np.concatenate([[True], queries[1:] != queries[:-1]]))
-  found = np.repeat(sorted_members(queries[heads], survivors.keys), np.diff(np.append(heads, len(queries))))
-  out = np.empty(len(queries), bool)
-  out[order.view(np.int64)] = found
+  new = np.empty(size, bool)
+  new[0] = True
+  np.not_equal(queries[1:], queries[:-1], out=new[1:])
+  heads = np.flatnonzero(new)
+  del new
+  distinct = queries[heads]
+  del queries
+  found = np.repeat(sorted_members(distinct, survivors.keys), np.diff(heads, append=size))
+  del distinct, heads
+  out = np.empty(size, bool)
+  out[order] = found
   return out
 
 
@@ -473,7 +492,7 @@ def count_shard(tokens: np.ndarray, n: int, survivors: Grams | None = None, voca
     alive = np.zeros(len(tokens) - m + 1, bool)
     alive[starts[_surviving(tokens, starts, m, bits, survivors)]] = True
     del starts
-    candidates = np.flatnonzero(alive[:-1] & alive[1:])  # the (n-1)-prefix at i and the (n-1)-suffix at i + 1
+    candidates = _positions(alive[:-1] & alive[1:])  # the (n-1)-prefix at i and the (n-1)-suffix at i + 1
     del alive
   if len(candidates) == 0:
     return Grams.empty(n, bits)
