@@ -110,7 +110,8 @@ class TrainConfig:
   seed: int = 0
   learning_rate: float = 3e-3
   warmup_steps: int = 10
-  min_lr_ratio: float = 0.1      # cosine decays to learning_rate * min_lr_ratio
+  schedule: str = "cosine"       # after the linear warm-up: cosine (GPT-2, the SCONE paper) or linear (OLMo) decay
+  min_lr_ratio: float = 0.1      # the decay ends at learning_rate * min_lr_ratio
   weight_decay: float = 0.1
   b1: float = 0.9
   b2: float = 0.95
@@ -134,6 +135,7 @@ class TrainConfig:
                             "log_every": (1, None), "eval_every": (0, None), "eval_batches": (0, None),
                             "checkpoint_every": (1, None), "keep_checkpoints": (1, None),
                             "max_nonfinite_skips": (1, None)}
+  CHOICES: ClassVar[dict] = {"schedule": ("cosine", "linear")}
 
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
@@ -195,9 +197,10 @@ def build(cls):
 
 def check_fields(obj) -> None:
   """Types (an int field holds an int, a float field a finite number, a bool a bool, a str a
-  str) and the ranges in `type(obj).RANGES` {field: (low, high[, "open" | "open_high"])}."""
+  str), the ranges in `type(obj).RANGES` {field: (low, high[, "open" | "open_high"])} and the
+  allowed values in `type(obj).CHOICES` {field: (value, ...)}."""
   name = type(obj).__name__
-  ranges = getattr(type(obj), "RANGES", {})
+  ranges, choices = getattr(type(obj), "RANGES", {}), getattr(type(obj), "CHOICES", {})
   for field in dataclasses.fields(obj):
     value, kind = getattr(obj, field.name), field.type if isinstance(field.type, str) else field.type.__name__
     where = f"{name}.{field.name}={value!r}"
@@ -212,6 +215,8 @@ def check_fields(obj) -> None:
       raise UserError(f"{where} must be a string (gin strings need quotes: '...')")
     if field.name in ranges:
       _check_range(where, value, *ranges[field.name])
+    if field.name in choices and value not in choices[field.name]:
+      raise UserError(f"{where} is not one of {', '.join(map(str, choices[field.name]))}")
 
 
 def _check_range(where: str, value, low, high, bounds: str = "closed") -> None:

@@ -17,6 +17,14 @@ One JSON object on stdout:
   seq_len, hosts, batch_devices   what the FLOPs are counted at: the context, and the processes
                  and data-parallel devices that SCONE's planned A_f slots scale with (one and one,
                  or those of --topology with MeshConfig, as `compile` counts them)
+  steps, tokens  TrainConfig.steps and the training tokens they read (steps x batch x seq_len)
+  equal_flops    the FLOP-matched recipe (the paper's v3 setting): the baseline of this ModelConfig
+                 (ModelConfig.embedding 'token', same run file) and its training FLOPs per token;
+                 `steps` = the steps at which this experiment has used the training FLOPs the
+                 baseline uses in TrainConfig.steps (floor(steps x baseline / this per token));
+                 with SCONE, A_f's FLOPs are the planned ones (FgramConfig.max_unique distinct
+                 f-grams per host batch), an upper bound of what a run needs (the train log
+                 reports what it needed)
 """
 from __future__ import annotations
 
@@ -66,9 +74,17 @@ def describe(gin_files: list[str], bindings: list[str], topology: str | None = N
   _, main_params = nnx.split(nnx.eval_shape(lambda: build_model(baseline, exp.train.seed)), nnx.Param)
   model = {k: getattr(exp.model, k) for k in MODEL_FIELDS}
   model["head_dim"] = exp.model.resolved_head_dim
+  base_exp = aot.load_experiment(gin_files, list(bindings) + ["ModelConfig.embedding = 'token'"])
+  _, base_params = nnx.split(nnx.eval_shape(base_exp.build_model), nnx.Param)
+  base_flops = base_exp.accounting(base_params, hosts, batch_devices).train_flops_per_token
+  steps, tokens_per_step = exp.train.steps, exp.data.batch_size * exp.data.seq_len
+  equal = {"baseline_train_flops_per_token": base_flops,
+           "steps": int(steps * base_flops // acct.train_flops_per_token),
+           "baseline_steps": steps}
   return {"gin_files": list(gin_files), "accounting": acct.as_dict(), "main_params": _count(main_params),
           "total_params": _count(params), "model": model, "method": exp.method.describe(),
-          "seq_len": exp.data.seq_len, "hosts": hosts, "batch_devices": batch_devices}
+          "seq_len": exp.data.seq_len, "hosts": hosts, "batch_devices": batch_devices,
+          "steps": steps, "tokens": steps * tokens_per_step, "equal_flops": equal}
 
 
 def run(args) -> int:

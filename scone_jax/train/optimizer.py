@@ -1,4 +1,4 @@
-"""AdamW with linear warm-up + cosine decay, global-norm clipping and a weight-decay mask.
+"""AdamW with linear warm-up + cosine (or linear) decay, global-norm clipping and a weight-decay mask.
 
 Which parameters decay is parameter metadata (`weight_decay`, set where the parameter is made):
 norms and the embedding tables of the sibling methods take none.
@@ -13,10 +13,17 @@ from scone_jax.config import TrainConfig
 
 
 def schedule(cfg: TrainConfig) -> optax.Schedule:
+  """0 -> learning_rate linearly over warmup_steps, then down to learning_rate * min_lr_ratio at
+  `steps` along a cosine (TrainConfig.schedule 'cosine') or a straight line ('linear')."""
   warmup = max(1, min(cfg.warmup_steps, cfg.steps))
+  end = cfg.learning_rate * cfg.min_lr_ratio
+  if cfg.schedule == "linear":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.learning_rate, warmup),
+         optax.linear_schedule(cfg.learning_rate, end, max(cfg.steps - warmup, 1))], [warmup])
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=warmup,
-      decay_steps=max(cfg.steps, warmup + 1), end_value=cfg.learning_rate * cfg.min_lr_ratio)
+      decay_steps=max(cfg.steps, warmup + 1), end_value=end)
 
 
 def decay_mask(abstract_params: nnx.State) -> dict:
