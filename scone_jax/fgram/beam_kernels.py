@@ -414,13 +414,7 @@ def _valid_starts(tokens: np.ndarray, m: int, survivors: Grams | None = None, bi
       first = rows[:, 0]
       first_ok[first[first < len(first_ok)]] = True
       ok &= first_ok[np.maximum(tokens[:count], 0)]
-  return _positions(ok)
-
-
-def _positions(mask: np.ndarray) -> np.ndarray:
-  """np.flatnonzero as int32 while positions fit (half the memory of int64)."""
-  at = np.flatnonzero(mask)
-  return at.astype(np.int32) if len(mask) < 2**31 else at
+  return np.flatnonzero(ok)  # int64: numpy converts other index types on every gather (2x slower)
 
 
 def _pair_slots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -445,35 +439,42 @@ def _window_hashes(tokens: np.ndarray, starts: np.ndarray, m: int) -> np.ndarray
   return fold_hashes(tokens[j:][starts] for j in range(m))
 
 
-def _surviving(tokens: np.ndarray, starts: np.ndarray, m: int, bits: int, survivors: Grams) -> np.ndarray:
-  """bool per window of m ids at starts: is it one of survivors? Packed keys that fit 64 bits
-  with their position are sorted once (key << position_bits | position, a plain sort) and only
-  the distinct ones looked up; other packed keys go through a hash table; hashed ones are verified."""
+def _alive(tokens: np.ndarray, m: int, bits: int, survivors: Grams) -> np.ndarray:
+  """bool per window start 0..L-m: is the window of m ids there one of survivors? Packed keys
+  that fit 64 bits with their start are sorted once (key << start_bits | start, a plain sort:
+  the starts ride in the keys, so no other N-long array lives through the sort) and only the
+  distinct ones looked up; other packed keys go through a hash table; hashed ones are verified."""
+  alive = np.zeros(len(tokens) - m + 1, bool)
+  starts = _valid_starts(tokens, m, survivors, bits)
   if not packs(m, bits):
-    return _members(_window_hashes(tokens, starts, m), starts, tokens, m, survivors)
+    alive[starts[_members(_window_hashes(tokens, starts, m), starts, tokens, m, survivors)]] = True
+    return alive
   queries = _window_keys(tokens, starts, m, bits)
-  position_bits = max(1, (len(queries) - 1).bit_length())
-  if m * bits + position_bits > 64:
-    return member_keys(survivors.keys, queries)
-  size = len(queries)
-  queries <<= np.uint64(position_bits)
-  for lo in range(0, size, BLOCK):  # the positions, a block at a time (no N-long temporary)
-    queries[lo:lo + BLOCK] |= np.arange(lo, min(size, lo + BLOCK), dtype=np.uint64)
+  start_bits = max(1, (len(alive) - 1).bit_length())
+  if m * bits + start_bits > 64:
+    alive[starts[member_keys(survivors.keys, queries)]] = True
+    return alive
+  queries <<= np.uint64(start_bits)
+  for lo in range(0, len(starts), BLOCK):  # a block at a time: no N-long temporary
+    queries[lo:lo + BLOCK] |= starts[lo:lo + BLOCK].astype(np.uint64)
+  del starts
   queries.sort()
-  order = (queries & np.uint64((1 << position_bits) - 1)).astype(np.int32 if size < 2**31 else np.int64)
-  queries >>= np.uint64(position_bits)
+  size = len(queries)
   new = np.empty(size, bool)
-  new[0] = True
-  np.not_equal(queries[1:], queries[:-1], out=new[1:])
+  if size:
+    new[0] = True
+  shift = np.uint64(start_bits)
+  for lo in range(1, size, BLOCK):  # a new key where the bits above the start change
+    hi = min(size, lo + BLOCK)
+    np.not_equal(queries[lo:hi] >> shift, queries[lo - 1:hi - 1] >> shift, out=new[lo:hi])
   heads = np.flatnonzero(new)
   del new
-  distinct = queries[heads]
-  del queries
-  found = np.repeat(sorted_members(distinct, survivors.keys), np.diff(heads, append=size))
-  del distinct, heads
-  out = np.empty(size, bool)
-  out[order] = found
-  return out
+  found = sorted_members(queries[heads] >> shift, survivors.keys)
+  found = np.repeat(found, np.diff(heads, append=size))
+  del heads
+  queries &= np.uint64((1 << start_bits) - 1)   # now the starts, in key order
+  alive[queries[found].view(np.int64)] = True
+  return alive
 
 
 def count_shard(tokens: np.ndarray, n: int, survivors: Grams | None = None, vocab_size: int | None = None) -> Grams:
@@ -488,11 +489,8 @@ def count_shard(tokens: np.ndarray, n: int, survivors: Grams | None = None, voca
     candidates = _valid_starts(tokens, 2)
   else:
     m = n - 1
-    starts = _valid_starts(tokens, m, survivors, bits)
-    alive = np.zeros(len(tokens) - m + 1, bool)
-    alive[starts[_surviving(tokens, starts, m, bits, survivors)]] = True
-    del starts
-    candidates = _positions(alive[:-1] & alive[1:])  # the (n-1)-prefix at i and the (n-1)-suffix at i + 1
+    alive = _alive(tokens, m, bits, survivors)
+    candidates = np.flatnonzero(alive[:-1] & alive[1:])  # the (n-1)-prefix at i and the (n-1)-suffix at i + 1
     del alive
   if len(candidates) == 0:
     return Grams.empty(n, bits)
