@@ -21,6 +21,7 @@ setup(
         "sentencepiece==0.2.1",
         "protobuf>=6.33,<7",
         "seqio>=0.0.20",
+        "tokenizers>=0.20",   # prepare --tokenizer tokenizer.json (Hugging Face byte-level BPE: GPT-2, GPT-NeoX)
         "pyarrow>=20",
         "tensorboardX>=2.6",
         "rich>=13",
@@ -28,7 +29,13 @@ setup(
         "numpy>=2.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "zarr>=3.1", "ruff>=0.17"],
+        # the test extra includes the corpus readers' extras, so that `make install` tests them
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "zarr>=3.1", "ruff>=0.17",
+                 "datasets>=3.0", "zstandard>=0.22"],
+        # prepare --input hf:PATH[:SPLIT] (a Hugging Face datasets dataset: save_to_disk or the local cache)
+        "hf": ["datasets>=3.0"],
+        # prepare --input FILE.jsonl.zst
+        "zstd": ["zstandard>=0.22"],
         # dask: the DaskRunner; google-apitools: without it every process that imports Beam logs a warning
         "beam": ["apache-beam>=2.77.0", "dask>=2024.4.2", "distributed>=2024.4.2", "google-apitools>=0.5.31"],
         "tpu": ["libtpu>=0.0.51"],

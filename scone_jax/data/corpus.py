@@ -1,34 +1,36 @@
 """Document sources for `scone-jax prepare`: what a corpus is and how its documents are read.
 
 A corpus is re-iterable: `documents()` yields the same `Document`s in the same order every
-time (prepare reads it twice: once to split and sample, once to tokenize). Sources:
+time (prepare reads it twice: once to split and sample, once to tokenize). Every source streams
+(readers.py): no file is held in memory whole, except a plain text file, which is one document.
+Sources:
   builtin:python-stdlib  the running interpreter's standard library, .py files, no tests
-  GLOB[,GLOB...]         files; `.jsonl` = one document per line (field `text`), else one per file
+  GLOB[,GLOB...]         files: `.jsonl`, `.jsonl.gz`, `.jsonl.zst` = one document per line (field
+                         `text_field`), `.parquet` = one per row (column `text_field`), `.bin` /
+                         `.npy` = token ids split at `separator_id` (pretokenized), else one per file
+  hf:PATH[:SPLIT]        a Hugging Face datasets dataset (save_to_disk, or a name in the local cache)
   seqio:TASK             a registered seqio Task's text feature (see seqio_task.py)
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 import sysconfig
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator
 
-from scone_jax.data import seqio_task
+from scone_jax.data import readers, seqio_task
+from scone_jax.data.readers import Document
 from scone_jax.errors import UserError
 
 BUILTIN_STDLIB = "builtin:python-stdlib"
 SEQIO_PREFIX = "seqio:"
+HF_PREFIX = readers.HF_PREFIX
 # Directory names that hold tests or their data; never part of the stdlib corpus.
 TEST_DIR_NAMES = frozenset({"test", "tests", "testing", "idle_test", "testdata", "test_data"})
 SKIPPED_DIR_NAMES = frozenset({"site-packages", "dist-packages", "__pycache__"})
 
-
-class Document(NamedTuple):
-  """One document: `identity` names it stably (path, path:line, task/split:index)."""
-  identity: str
-  text: str
+__all__ = ["Corpus", "Document", "open_corpus"]
 
 
 @dataclasses.dataclass
@@ -39,6 +41,8 @@ class Corpus:
   max_docs: int | None = None
   skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # why -> how many
   files: tuple[str, ...] = ()   # the local files or directories it reads (outputs stay out of them)
+  # Token ids, not text (.bin / .npy): {"separator_id": N, "files": {path: dtype}}; None for text.
+  pretokenized: dict | None = None
 
   def documents(self) -> Iterator[Document]:
     """Yields the non-empty documents in a fixed order (at most `max_docs`)."""
@@ -47,7 +51,7 @@ class Corpus:
     for doc in self.read_all():
       if self.max_docs is not None and count >= self.max_docs:
         return
-      if not doc.text:
+      if not doc.text if doc.ids is None else not len(doc.ids):
         self.skipped["empty"] = self.skipped.get("empty", 0) + 1
         continue
       count += 1
@@ -112,21 +116,6 @@ def _stdlib_corpus() -> Corpus:
   return Corpus(source=f"{BUILTIN_STDLIB} ({root})", read_all=read, skipped=skipped, files=(root,))
 
 
-def _jsonl_documents(path: str, field: str = "text") -> Iterator[Document]:
-  for line_no, line in enumerate(read_text_file(path).splitlines(), start=1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise UserError(f"input {path!r} line {line_no} is not JSON ({e.msg}); "
-                      "each line must be an object with a string field 'text'") from e
-    if not isinstance(record, dict) or not isinstance(record.get(field), str):
-      raise UserError(f"input {path!r} line {line_no} has no string field {field!r}; "
-                      f"each line must be an object like {{\"{field}\": \"...\"}}")
-    yield Document(f"{path}:{line_no}", record[field])
-
-
 def expand_globs(patterns: list[str]) -> list[str]:
   """Files matched by each pattern (sorted per pattern, duplicates dropped, first wins)."""
   paths: list[str] = []
@@ -144,17 +133,49 @@ def expand_globs(patterns: list[str]) -> list[str]:
   return paths
 
 
-def _file_corpus(patterns: list[str]) -> Corpus:
+def _file_corpus(patterns: list[str], text_field: str, separator_id: int | None) -> Corpus:
   paths = expand_globs(patterns)
+  token_paths = [p for p in paths if readers.is_tokens(p)]
+  if token_paths and len(token_paths) != len(paths):
+    text = next(p for p in paths if not readers.is_tokens(p))
+    raise UserError(f"--input {token_paths[0]!r} holds token ids and {text!r} text: pass token files "
+                    "(.bin, .npy) alone")
+  if token_paths:
+    return _token_corpus(patterns, token_paths, separator_id)
+  for path in paths:
+    if readers.is_parquet(path):
+      readers.check_parquet(path, text_field)   # a missing column is refused before anything is read
 
   def read() -> Iterator[Document]:
     for path in paths:
-      if path.endswith(".jsonl"):
-        yield from _jsonl_documents(path)
+      if readers.is_jsonl(path):
+        yield from readers.jsonl_documents(path, text_field)
+      elif readers.is_parquet(path):
+        yield from readers.parquet_documents(path, text_field)
       else:
         yield Document(path, read_text_file(path))
 
   return Corpus(source=",".join(patterns), read_all=read, files=tuple(paths))
+
+
+def _token_corpus(patterns: list[str], paths: list[str], separator_id: int | None) -> Corpus:
+  if separator_id is None:
+    raise UserError(f"--input {paths[0]!r} holds token ids: pass --separator_id ID, the id between its documents "
+                    "(50256 for GPT-2's <|endoftext|>)")
+  files = [readers.open_tokens(p) for p in paths]
+
+  def read() -> Iterator[Document]:
+    for tokens in files:
+      yield from readers.token_documents(tokens, separator_id)
+
+  info = {"separator_id": separator_id, "files": {f.path: str(f.dtype) for f in files}}
+  return Corpus(source=f"{','.join(patterns)} (token ids, separator {separator_id})", read_all=read,
+                files=tuple(paths), pretokenized=info)
+
+
+def _hf_corpus(item: str, text_field: str) -> Corpus:
+  hf = readers.open_hf(item, text_field)
+  return Corpus(source=hf.source, read_all=lambda: readers.hf_documents(hf, text_field), files=hf.files)
 
 
 def _seqio_corpus(task_name: str, feature: str, splits: list[str] | None) -> Corpus:
@@ -170,12 +191,15 @@ def _seqio_corpus(task_name: str, feature: str, splits: list[str] | None) -> Cor
 
 
 def open_corpus(inputs: list[str], *, seqio_feature: str = "text",
-                seqio_splits: list[str] | None = None, max_docs: int | None = None) -> Corpus:
-  """The corpus named by --input values: one builtin or seqio source, or any number of globs."""
+                seqio_splits: list[str] | None = None, max_docs: int | None = None,
+                text_field: str = "text", separator_id: int | None = None) -> Corpus:
+  """The corpus named by --input values: one builtin, hf: or seqio source, or any number of globs.
+  `text_field` is the field of jsonl lines, parquet rows and hf: datasets; `separator_id` the id
+  between documents of token files."""
   items = [part.strip() for value in inputs for part in value.split(",") if part.strip()]
   if not items:
-    raise UserError("--input is empty: pass a glob, builtin:python-stdlib or seqio:TASK")
-  special = [i for i in items if i == BUILTIN_STDLIB or i.startswith((SEQIO_PREFIX, "builtin:"))]
+    raise UserError("--input is empty: pass a glob, builtin:python-stdlib, hf:PATH or seqio:TASK")
+  special = [i for i in items if i == BUILTIN_STDLIB or i.startswith((SEQIO_PREFIX, "builtin:", HF_PREFIX))]
   if special and len(items) > 1:
     raise UserError(f"--input {special[0]!r} cannot be combined with other inputs; pass it alone")
   item = items[0]
@@ -185,7 +209,11 @@ def open_corpus(inputs: list[str], *, seqio_feature: str = "text",
     raise UserError(f"--input {item!r}: the only builtin corpus is {BUILTIN_STDLIB}")
   elif item.startswith(SEQIO_PREFIX):
     corpus = _seqio_corpus(item[len(SEQIO_PREFIX):], seqio_feature, seqio_splits)
+  elif item.startswith(HF_PREFIX):
+    corpus = _hf_corpus(item, text_field)
   else:
-    corpus = _file_corpus(items)
+    corpus = _file_corpus(items, text_field, separator_id)
+  if separator_id is not None and corpus.pretokenized is None:
+    raise UserError("--separator_id applies to token files (.bin, .npy) only; drop it or pass such files")
   corpus.max_docs = max_docs
   return corpus

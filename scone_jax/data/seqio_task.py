@@ -17,7 +17,7 @@ from typing import Iterator
 
 from array_record.python.array_record_module import ArrayRecordReader
 
-from scone_jax.data import shards
+from scone_jax.data import hf_tokenizer, shards, tokenizer as tokenizer_lib
 from scone_jax.errors import UserError
 
 TARGETS = "targets"
@@ -157,10 +157,11 @@ def register_prepared(data_dir: str, name: str | None = None) -> str:
 
   Splits `train` and `validation` yield {"targets": int32[num_tokens]}: one document per
   example, exactly as stored (no EOS), in shard order. The output feature `targets` uses
-  seqio.SentencePieceVocabulary(DATA/vocab.model). Registering a name again replaces it.
+  seqio.SentencePieceVocabulary(DATA/vocab.model), or for a Hugging Face DATA/tokenizer.json a
+  seqio.Vocabulary over it (`hf_vocabulary`). Registering a name again replaces it.
   """
   meta = shards.load_meta(data_dir)
-  vocab_path = os.path.join(data_dir, "vocab.model")
+  kind, vocab_path = tokenizer_lib.data_tokenizer_file(data_dir)
   if not os.path.isfile(vocab_path):
     raise UserError(f"{vocab_path!r} does not exist: re-run `scone-jax prepare --out {data_dir}`")
   task_name = name or default_task_name(data_dir)
@@ -172,10 +173,87 @@ def register_prepared(data_dir: str, name: str | None = None) -> str:
   source = seqio.FunctionDataSource(
       _shard_dataset_fn(os.path.abspath(data_dir)), splits=shards.SPLITS,
       num_input_examples=dict(meta.num_documents))
-  vocabulary = seqio.SentencePieceVocabulary(os.path.abspath(vocab_path))
+  if kind == hf_tokenizer.KIND:
+    vocabulary = hf_vocabulary(os.path.abspath(vocab_path))
+  else:
+    vocabulary = seqio.SentencePieceVocabulary(os.path.abspath(vocab_path))
   seqio.TaskRegistry.remove(task_name)
   seqio.TaskRegistry.add(
       task_name, source=source,
       output_features={
           TARGETS: seqio.Feature(vocabulary=vocabulary, add_eos=False, dtype=tf.int32)})
   return task_name
+
+
+_hf_vocabulary_class = None
+
+
+def hf_vocabulary(path: str):
+  """A seqio.Vocabulary over a Hugging Face tokenizer.json (hf_tokenizer.HFTokenizer: no specials
+  added, specials in text are text, specials dropped in decoding); TF ops through numpy_function."""
+  global _hf_vocabulary_class
+  if _hf_vocabulary_class is None:
+    _hf_vocabulary_class = _define_hf_vocabulary()
+  return _hf_vocabulary_class(path)
+
+
+def _define_hf_vocabulary():
+  import numpy as np
+  seqio = import_seqio()
+  import tensorflow as tf
+
+  class HuggingFaceVocabulary(seqio.Vocabulary):
+    def __init__(self, path: str):
+      self.path = path
+      self.tokenizer = hf_tokenizer.HFTokenizer(path, flag="tokenizer.json")
+      super().__init__(extra_ids=0)
+
+    @property
+    def eos_id(self):
+      return self.tokenizer.special_ids["eos_id"]
+
+    @property
+    def bos_id(self):
+      return self.tokenizer.special_ids["bos_id"]
+
+    @property
+    def unk_id(self):
+      i = self.tokenizer.special_ids["unk_id"]
+      return None if i < 0 else i
+
+    @property
+    def _base_vocab_size(self):
+      return self.tokenizer.vocab_size
+
+    def _encode(self, s):
+      return self.tokenizer.encode(s)
+
+    def _decode(self, ids):
+      return self.tokenizer.decode([int(i) for i in ids])
+
+    def _encode_tf(self, s):
+      def encode(text):
+        text = np.asarray(text).item()
+        return np.asarray(self._encode(text.decode("utf-8") if isinstance(text, bytes) else text), np.int32)
+
+      ids = tf.numpy_function(encode, [s], tf.int32)
+      ids.set_shape([None])
+      return ids
+
+    def _decode_tf(self, ids):
+      def decode(array):   # [..., n] ids -> [...] texts
+        array = np.asarray(array)
+        texts = [self._decode(row.tolist()).encode("utf-8") for row in array.reshape(-1, array.shape[-1])]
+        return np.asarray(texts, dtype=object).reshape(array.shape[:-1])
+
+      text = tf.numpy_function(decode, [ids], tf.string)
+      text.set_shape(ids.shape[:-1])
+      return text
+
+    def __eq__(self, other):
+      return isinstance(other, HuggingFaceVocabulary) and self.tokenizer.sha256 == other.tokenizer.sha256
+
+    def __hash__(self):
+      return hash(self.tokenizer.sha256)
+
+  return HuggingFaceVocabulary

@@ -2,7 +2,7 @@
 
 Layout of a prepared data directory DATA (the file contract of DESIGN.md):
   DATA/meta.json                         vocab size, special ids, counts, tokenizer sha256
-  DATA/vocab.model                       SentencePiece model
+  DATA/vocab.model | DATA/tokenizer.json SentencePiece model, or a Hugging Face tokenizer file
   DATA/{train,validation}-NNNNN-of-MMMMM.array_record
 One record = one document as little-endian int32 token ids, no BOS/EOS (the pipeline adds them).
 """
@@ -44,7 +44,8 @@ class DataMeta:
 
   def validate(self, where: str) -> None:
     """Counts are non-negative whole numbers, the vocabulary is not empty and the special ids
-    are distinct ids inside it (-1 = absent)."""
+    are distinct ids inside it (-1 = absent), except that BOS may be the EOS (GPT-2's
+    `<|endoftext|>` is both)."""
     def bad(what):
       return UserError(f"{where} {what}; re-run `scone-jax prepare`")
     if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size, int) or self.vocab_size < 1:
@@ -53,7 +54,7 @@ class DataMeta:
     for name, i in ids.items():
       if isinstance(i, bool) or not isinstance(i, int) or not -1 <= i < self.vocab_size:
         raise bad(f"has {name} {i!r}, not an id below vocab_size {self.vocab_size}")
-    present = [i for i in ids.values() if i >= 0]
+    present = [i for name, i in ids.items() if i >= 0 and not (name == "bos_id" and i == self.eos_id)]
     if len(set(present)) != len(present):
       raise bad(f"gives two special tokens one id ({ids})")
     for field in ("num_documents", "num_tokens", "num_shards"):

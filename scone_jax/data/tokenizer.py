@@ -10,6 +10,10 @@ newlines, runs of spaces, any Unicode). It takes four things:
     to U+E000 "2"; the model's denormalizer maps them back. Both rules live in the model file,
     so any SentencePiece reader (seqio's vocabulary included) decodes losslessly.
 Ids: pad=0, eos=1, bos=2, unk=3; byte pieces follow, then the learned pieces.
+
+A DATA directory holds one tokenizer file: `vocab.model` (SentencePiece, trained or --vocab) or
+`tokenizer.json` (a Hugging Face `tokenizers` file, --tokenizer; hf_tokenizer.py).
+`open_data_tokenizer(DATA)` loads whichever meta.json names, checked against `tokenizer_sha256`.
 """
 from __future__ import annotations
 
@@ -24,10 +28,13 @@ from typing import Iterable, Iterator, Sequence
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
+from scone_jax.data import hf_tokenizer, shards
 from scone_jax.errors import UserError
 from scone_jax.integrity import file_sha256  # noqa: F401  (also used as tokenizer.file_sha256)
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
+SPM_FILE = "vocab.model"
+SPM_KIND = "sentencepiece"
 MODEL_TYPES = ("bpe", "unigram")
 MAX_CHUNK_CHARS = 4096  # one training "sentence": whole lines, at most this many characters
 _ESCAPE = "E000"
@@ -162,6 +169,8 @@ def _vocab_size_error(message: str, vocab_size: int, sampled: bool) -> Exception
 
 class Tokenizer:
   """A loaded SentencePiece model; ids are Python ints, texts are str."""
+  kind = SPM_KIND
+  file_name = SPM_FILE
 
   def __init__(self, path: str, flag: str = "tokenizer"):
     """`flag` names the path in error messages (e.g. "--vocab")."""
@@ -176,7 +185,8 @@ class Tokenizer:
     except (RuntimeError, OSError, TypeError):
       valid = False
     if not valid:
-      raise UserError(f"{flag} {path!r} is not a SentencePiece model file; pass a .model file "
+      hint = " (a Hugging Face tokenizer.json goes to --tokenizer)" if flag == "--vocab" and _is_json(path) else ""
+      raise UserError(f"{flag} {path!r} is not a SentencePiece model file{hint}; pass a .model file "
                       "written by SentencePiece")
     self.path = path
     self.sha256 = hashlib.sha256(blob).hexdigest()
@@ -205,3 +215,53 @@ class Tokenizer:
 
   def decode_batch(self, batch: Sequence[Sequence[int]], num_threads: int = -1) -> list[str]:
     return self._processor.decode([[int(i) for i in ids] for ids in batch], num_threads=num_threads)
+
+  def id_to_piece(self, i: int) -> str | None:
+    return self._processor.id_to_piece(int(i)) if 0 <= int(i) < self.vocab_size else None
+
+
+def _is_json(path: str) -> bool:
+  return hf_tokenizer.looks_like_json(path)
+
+
+def load(path: str, flag: str = "tokenizer", num_threads: int | None = None):
+  """The tokenizer in `path`: a Hugging Face tokenizer.json (hf_tokenizer.HFTokenizer) when the
+  file is JSON, else a SentencePiece model (Tokenizer)."""
+  if _is_json(path):
+    return hf_tokenizer.HFTokenizer(path, flag=flag, num_threads=num_threads)
+  return Tokenizer(path, flag=flag)
+
+
+def load_kind(kind: str, path: str, flag: str = "tokenizer", num_threads: int | None = None):
+  """The tokenizer of a known kind (SPM_KIND or hf_tokenizer.KIND) in `path`."""
+  if kind == hf_tokenizer.KIND:
+    return hf_tokenizer.HFTokenizer(path, flag=flag, num_threads=num_threads)
+  if kind == SPM_KIND:
+    return Tokenizer(path, flag=flag)
+  raise UserError(f"{flag}: unknown tokenizer kind {kind!r}; re-run `scone-jax prepare`")
+
+
+def data_tokenizer_file(data_dir: str) -> tuple[str, str]:
+  """(kind, path) of DATA's tokenizer file, as meta.json's `extra.tokenizer.kind` says (absent: a
+  SentencePiece vocab.model, as every DATA written before Hugging Face tokenizers)."""
+  meta = shards.load_meta(data_dir)
+  info = meta.extra.get("tokenizer") if isinstance(meta.extra.get("tokenizer"), dict) else {}
+  kind = info.get("kind", SPM_KIND)
+  name = {SPM_KIND: SPM_FILE, hf_tokenizer.KIND: hf_tokenizer.FILE_NAME}.get(kind)
+  if name is None:
+    raise UserError(f"{data_dir}/meta.json names an unknown tokenizer kind {kind!r}; re-run `scone-jax prepare`")
+  return kind, os.path.join(data_dir, name)
+
+
+def open_data_tokenizer(data_dir: str):
+  """DATA's tokenizer (SentencePiece or Hugging Face), refused unless its file is the one
+  meta.json's `tokenizer_sha256` names."""
+  kind, path = data_tokenizer_file(data_dir)
+  if not os.path.isfile(path):
+    raise UserError(f"{path!r} does not exist: the data directory is incomplete; re-run `scone-jax prepare`")
+  tokenizer = load_kind(kind, path, flag=os.path.basename(path))
+  recorded = shards.load_meta(data_dir).tokenizer_sha256
+  if recorded and tokenizer.sha256 != recorded:
+    raise UserError(f"{path!r} does not match tokenizer_sha256 in {data_dir}/meta.json (replaced or corrupted); "
+                    "re-run `scone-jax prepare`")
+  return tokenizer

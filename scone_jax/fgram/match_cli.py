@@ -15,7 +15,6 @@ import sys
 from typing import Iterator
 
 import numpy as np
-import sentencepiece as spm
 
 from scone_jax.data import shards
 from scone_jax.errors import UserError
@@ -98,25 +97,23 @@ def match_documents(matcher: ExactMatcher, documents) -> Iterator[tuple[np.ndarr
 
 
 class _Pieces:
-  """Token id -> readable piece, from DATA/vocab.model when it loads, else the id itself."""
+  """Token id -> readable piece, from DATA's tokenizer (SentencePiece or Hugging Face) when it
+  loads, else the id itself."""
 
   def __init__(self, data_dir: str):
-    self._sp = None
-    path = os.path.join(data_dir, "vocab.model")
-    if os.path.isfile(path):
-      try:
-        self._sp = spm.SentencePieceProcessor(model_file=path)
-      except (OSError, RuntimeError):
-        self._sp = None
+    from scone_jax.data.tokenizer import open_data_tokenizer
+    try:
+      self._sp = open_data_tokenizer(data_dir)
+    except (UserError, OSError, RuntimeError, ValueError):
+      self._sp = None
 
   @property
   def available(self) -> bool:
     return self._sp is not None
 
   def __call__(self, token: int) -> str:
-    if self._sp is not None and 0 <= token < self._sp.get_piece_size():
-      return repr(self._sp.id_to_piece(int(token)))
-    return str(int(token))
+    piece = self._sp.id_to_piece(int(token)) if self._sp is not None and 0 <= token < self._sp.vocab_size else None
+    return repr(piece) if piece is not None else str(int(token))
 
 
 def _write_text(out, doc: int, tokens: np.ndarray, fgram_id: np.ndarray, match_len: np.ndarray, pieces: _Pieces) -> None:

@@ -5,7 +5,7 @@
                   remote (the same reader, any kvstore URL)
   --store none    f-gram embeddings computed with A_f from the checkpoint (the default); the
                   only choice for a run of another method (the method gives its decode features)
-Prompts are tokenized with the run's DATA/vocab.model; each is decoded after a BOS, several at
+Prompts are tokenized with the run's DATA tokenizer (vocab.model or tokenizer.json); each is decoded after a BOS, several at
 once as one batch, until EOS or --max_new_tokens. Output: the completion text, or with --format
 json {"tokens": [completion ids], "text": completion} (a list of those for several prompts).
 """
@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import jax
 
 from scone_jax.config import MeshConfig, flag_range
-from scone_jax.data.tokenizer import Tokenizer
+from scone_jax.data.tokenizer import open_data_tokenizer
 from scone_jax.errors import UserError
 from scone_jax.export.manifest import identity_of
 from scone_jax.serve.decode import Decoder
@@ -39,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--top_p", type=flag_range(0.0, 1.0, kind=float, bounds="open"), default=1.0, help="1 = off")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--step", type=flag_range(0), default=None, help="checkpoint step (default: newest)")
-  p.add_argument("--data", default=None, help="data directory with vocab.model (default: the run's DATA_DIR)")
+  p.add_argument("--data", default=None, help="data directory with its tokenizer (default: the run's DATA_DIR)")
   p.add_argument("--cache_mb", type=flag_range(1), default=64, help="disk/remote tiers: tensorstore cache size")
   p.add_argument("--allow_other_data", action="store_true",
                  help="use the run although its DATA_DIR or f-gram file changed since it trained (on purpose)")
@@ -73,12 +72,7 @@ def run(args) -> int:
   decoder, run_ = load_decoder(args.workdir, store=args.store, tier=args.tier, sampling=sampling, seed=args.seed,
                                step=args.step, data_dir=args.data, cache_bytes=args.cache_mb << 20,
                                allow_other_data=args.allow_other_data)
-  data_dir = run_.exp.data.data_dir
-  vocab_path = os.path.join(data_dir, "vocab.model")
-  if not os.path.isfile(vocab_path):
-    raise UserError(f"{vocab_path!r} does not exist: the run's data has no tokenizer (pass --data DATA "
-                    "written by `scone-jax prepare`)")
-  tokenizer = Tokenizer(vocab_path, flag="vocab.model")
+  tokenizer = open_data_tokenizer(run_.exp.data.data_dir)   # SentencePiece or Hugging Face, hash-checked
   meta = run_.exp.data_meta
   prompts = [tokenizer.encode(text) for text in args.prompt]
   max_len = max(len(p) for p in prompts) + 1 + args.max_new_tokens
