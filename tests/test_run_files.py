@@ -66,3 +66,11 @@ def test_describe_gives_the_flop_matched_steps():
   assert eq["steps"] == math.floor(152588 * f_base / f_scone) < 152588
   assert eq["steps"] * f_scone <= 152588 * f_base < (eq["steps"] + 1) * f_scone   # equal FLOPs, to a step
   assert base["equal_flops"]["steps"] == 152588   # the baseline matches itself
+
+
+def test_bench_train_runs_its_alternating_rounds(capsys):
+  from scone_jax.cli import main
+  assert main(["bench", "train", "--d_model", "32", "--d_ff", "64", "--num_heads", "2", "--vocab_size", "64",
+               "--seq_len", "16", "--batch_size", "8", "--steps", "1"]) == 0
+  out = capsys.readouterr().out
+  assert "median of 5 alternating rounds of 1 steps" in out and "A_f token slots executed" in out
