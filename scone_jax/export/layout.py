@@ -23,6 +23,7 @@ can hash the rows it wrote and a reader of the whole array can recompute it.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import hashlib
@@ -86,27 +87,44 @@ def child(spec: dict, name: str) -> dict:
 REMOTE_TIMEOUT_S = float(os.environ.get("SCONE_JAX_REMOTE_TIMEOUT", "120"))
 LOCAL_SCHEMES = ("file://", "memory://")
 _remote_reached = False   # a remote store has answered (or failed) once in this process
+_pending = None           # (ExitStack, Captured): fd 2 captured from the first remote open to the first answer
 
 
 def wait(future, url: str, what: str, *, request: bool = True):
   """future.result(), but a store that does not answer within REMOTE_TIMEOUT_S (an unreachable
-  bucket, missing credentials, a dead network) is a one-line UserError instead of a hang. The
-  first remote wait of a process keeps tensorstore's native auth log line off the screen
-  (native_log.py) and uses it to say why a store could not be reached."""
-  global _remote_reached
+  bucket, missing credentials, a dead network) is a one-line UserError instead of a hang. From the
+  first remote wait of a process until its first remote request is answered, fd 2 stays captured
+  (native_log.py): a request is issued before it is waited for, so a capture that began only at
+  the request's own wait could miss tensorstore's native auth log line; the captured line says
+  why a store could not be reached."""
+  global _remote_reached, _pending
   remote = "://" in url and not url.startswith(LOCAL_SCHEMES)
-  with native_log.captured() if remote and not _remote_reached else contextlib.nullcontext() as log:
-    try:
-      return future.result(timeout=REMOTE_TIMEOUT_S)
-    except TimeoutError:
-      if log is not None:
-        log.keep_capturing()   # the request goes on in tensorstore's threads: its late log lines too
-    finally:
-      if remote:   # opening a kvstore sends no request: the auth comes with the first one
-        _remote_reached = _remote_reached or request
+  log = None
+  if remote and not _remote_reached:
+    if _pending is None:
+      stack = contextlib.ExitStack()
+      _pending = (stack, stack.enter_context(native_log.captured()))
+      atexit.register(_end_capture)   # a process that never gets an answer still writes back its output
+    log = _pending[1]
+  try:
+    return future.result(timeout=REMOTE_TIMEOUT_S)
+  except TimeoutError:
+    if log is not None:
+      log.keep_capturing()   # the request goes on in tensorstore's threads: its late log lines too
+  finally:
+    if remote and request:   # opening a kvstore sends no request: the auth comes with the first one
+      _remote_reached = True
+      _end_capture()
   raise UserError(f"store {url!r} did not answer within {REMOTE_TIMEOUT_S:.0f} s ({what}): check the URL, the "
                   f"network and the credentials{_why(log)} (SCONE_JAX_VERBOSE=1 shows tensorstore's log; "
                   "SCONE_JAX_REMOTE_TIMEOUT sets the limit in seconds)")
+
+
+def _end_capture() -> None:
+  global _pending
+  if _pending is not None:
+    stack, _pending = _pending[0], None
+    stack.close()   # fills the Captured's lines and writes back everything but native log lines
 
 
 def _why(log) -> str:
