@@ -68,6 +68,7 @@ def test_describe_gives_the_flop_matched_steps():
   assert base["equal_flops"]["steps"] == 152588   # the baseline matches itself
 
 
+@pytest.mark.slow
 def test_bench_train_runs_its_alternating_rounds(capsys):
   from scone_jax.cli import main
   assert main(["bench", "train", "--d_model", "32", "--d_ff", "64", "--num_heads", "2", "--vocab_size", "64",
