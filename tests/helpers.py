@@ -169,3 +169,20 @@ def fgram_batch(base: dict, grams: list[tuple[int, ...]], fgram_id: np.ndarray, 
     history[pos][max_n - len(g):] = g[:-1]
     match_len[pos] = len(g)
   return {**base, "inputs": inputs, "history": history, "match_len": match_len}
+
+
+def assert_prepare_refuses(tmp_path, capsys, cases: dict, out_of=None) -> None:
+  """Every case {name: (argv, text the error must name)} makes `prepare` exit 2 with one line
+  naming it, leaving no --out and no partial directory. out_of(name, index) picks --out."""
+  import os
+
+  from scone_jax import cli
+  for index, (name, (argv, named)) in enumerate(cases.items()):
+    out = out_of(name, index) if out_of else str(tmp_path / f"out_{index}")
+    code = cli.main(["prepare", *argv, "--out", out])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, name
+    assert len(err.splitlines()) == 1 and err.startswith("scone-jax prepare: error:"), (name, err)
+    assert named in err, (name, err)
+    assert not os.path.exists(out), name
+    assert not [n for n in os.listdir(tmp_path) if ".partial-" in n], name

@@ -20,6 +20,7 @@ from array_record.python.array_record_module import ArrayRecordReader
 
 from scone_jax import cli
 from scone_jax.data import corpus, prepare, shards, tokenizer
+from tests.helpers import assert_prepare_refuses
 
 FRACTION = 0.3
 TXT_DOCS = {
@@ -283,15 +284,8 @@ def _error_cases(root):
 
 def test_bad_input_exits_2_with_one_line_and_no_out(tmp_path, capsys):
   _write_fixture(tmp_path)
-  for index, (name, (argv, named)) in enumerate(_error_cases(tmp_path).items()):
-    out = str(tmp_path / ("afile/data" if name == "out not writable" else f"out_{index}"))
-    code = cli.main(["prepare", *argv, "--out", out])
-    err = capsys.readouterr().err.strip()
-    assert code == 2, name
-    assert len(err.splitlines()) == 1 and err.startswith("scone-jax prepare: error:"), (name, err)
-    assert named in err, (name, err)
-    assert not os.path.exists(out), name
-    assert not [n for n in os.listdir(tmp_path) if ".partial-" in n], name
+  assert_prepare_refuses(tmp_path, capsys, _error_cases(tmp_path), lambda name, index: str(
+      tmp_path / ("afile/data" if name == "out not writable" else f"out_{index}")))
   # A non-empty --out is refused and left as it was.
   keep = tmp_path / "keep"
   keep.mkdir()

@@ -21,6 +21,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from scone_jax import cli
 from scone_jax.data import hf_tokenizer, pipeline, prepare, shards, tokenizer as tokenizer_lib
 from scone_jax.errors import UserError
+from tests.helpers import assert_prepare_refuses
 
 EOT = "<|endoftext|>"
 DOCS = [
@@ -201,15 +202,7 @@ def _bad_cases(root):
 def test_bad_tokenizer_is_one_line_exit_2_and_no_out(tmp_path, capsys):
   _write_jsonl(tmp_path / "c.jsonl", DOCS)
   train_byte_level_bpe(str(tmp_path / "tok.json"), DOCS)
-  for index, (name, (argv, named)) in enumerate(_bad_cases(tmp_path).items()):
-    out = str(tmp_path / f"out_{index}")
-    code = cli.main(["prepare", *argv, "--out", out])
-    err = capsys.readouterr().err.strip()
-    assert code == 2, name
-    assert len(err.splitlines()) == 1 and err.startswith("scone-jax prepare: error:"), (name, err)
-    assert named in err, (name, err)
-    assert not os.path.exists(out), name
-    assert not [n for n in os.listdir(tmp_path) if ".partial-" in n], name
+  assert_prepare_refuses(tmp_path, capsys, _bad_cases(tmp_path))
 
 
 def test_cli_registers_a_seqio_task_that_decodes(tmp_path, capsys):

@@ -102,15 +102,20 @@ def bucket_order(buckets: np.ndarray, num_buckets: int) -> np.ndarray:
   return np.argsort(buckets.astype(np.uint16) if num_buckets <= 1 << 16 else buckets, kind="stable")
 
 
-def split_by_bucket(grams: Grams, num_buckets: int):
-  """Yields (bucket, Grams of that bucket), each in the input's order."""
-  if len(grams) == 0:
-    return
-  buckets = buckets_of(grams.keys, num_buckets)
+def bucket_parts(keys: np.ndarray, num_buckets: int) -> list[tuple[int, np.ndarray]]:
+  """[(bucket, index of its keys)] for the buckets that hold keys, each index in keys' order."""
+  if len(keys) == 0:
+    return []
+  buckets = buckets_of(keys, num_buckets)
   order = bucket_order(buckets, num_buckets)
   bounds = np.flatnonzero(np.diff(buckets[order])) + 1
-  for sel in np.split(order, bounds):
-    yield int(buckets[sel[0]]), grams.take(sel)
+  return [(int(buckets[sel[0]]), sel) for sel in np.split(order, bounds)]
+
+
+def split_by_bucket(grams: Grams, num_buckets: int):
+  """Yields (bucket, Grams of that bucket), each in the input's order."""
+  for bucket, index in bucket_parts(grams.keys, num_buckets):
+    yield bucket, grams.take(index)
 
 
 # ---- exact grouping -------------------------------------------------------------------------------
@@ -295,7 +300,7 @@ def unpack_keys(keys: np.ndarray, m: int, bits: int) -> np.ndarray:
   return rows
 
 
-def _windows(tokens: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
+def windows(tokens: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
   out = np.empty((len(starts), n), np.int32)
   for j in range(n):
     out[:, j] = tokens[starts + j]
@@ -425,7 +430,7 @@ def _pair_slots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return h.view(np.int64)
 
 
-def _window_keys(tokens: np.ndarray, starts: np.ndarray, m: int, bits: int) -> np.ndarray:
+def window_keys(tokens: np.ndarray, starts: np.ndarray, m: int, bits: int) -> np.ndarray:
   """Packed keys of the windows of m ids at starts (ids read through shifted views of tokens:
   no index arrays beyond starts)."""
   keys = tokens[starts].astype(np.uint64)
@@ -435,7 +440,7 @@ def _window_keys(tokens: np.ndarray, starts: np.ndarray, m: int, bits: int) -> n
   return keys
 
 
-def _window_hashes(tokens: np.ndarray, starts: np.ndarray, m: int) -> np.ndarray:
+def window_hashes(tokens: np.ndarray, starts: np.ndarray, m: int) -> np.ndarray:
   return fold_hashes(tokens[j:][starts] for j in range(m))
 
 
@@ -447,9 +452,9 @@ def _alive(tokens: np.ndarray, m: int, bits: int, survivors: Grams) -> np.ndarra
   alive = np.zeros(len(tokens) - m + 1, bool)
   starts = _valid_starts(tokens, m, survivors, bits)
   if not packs(m, bits):
-    alive[starts[_members(_window_hashes(tokens, starts, m), starts, tokens, m, survivors)]] = True
+    alive[starts[_members(window_hashes(tokens, starts, m), starts, tokens, m, survivors)]] = True
     return alive
-  queries = _window_keys(tokens, starts, m, bits)
+  queries = window_keys(tokens, starts, m, bits)
   start_bits = max(1, (len(alive) - 1).bit_length())
   if m * bits + start_bits > 64:
     alive[starts[member_keys(survivors.keys, queries)]] = True
@@ -495,14 +500,14 @@ def count_shard(tokens: np.ndarray, n: int, survivors: Grams | None = None, voca
   if len(candidates) == 0:
     return Grams.empty(n, bits)
   if packs(n, bits):
-    keys = _window_keys(tokens, candidates, n, bits)
+    keys = window_keys(tokens, candidates, n, bits)
     del candidates
     keys.sort()
     heads = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
     return Grams(n, keys[heads], None, np.diff(np.append(heads, len(keys))).astype(np.int64))
-  hashes = _window_hashes(tokens, candidates, n)
+  hashes = window_hashes(tokens, candidates, n)
   first, counts, _ = group_rows(hashes, lambda j: tokens[candidates + j], n)
-  return Grams(n, hashes[first], _windows(tokens, candidates[first], n), counts)
+  return Grams(n, hashes[first], windows(tokens, candidates[first], n), counts)
 
 
 def sorted_by_key(grams: Grams) -> Grams:

@@ -34,11 +34,7 @@ from scone_jax.data import shards
 from scone_jax.fgram import vocab as vocab_lib
 from scone_jax.fgram.beam_kernels import (
   Grams,
-  _window_hashes,
-  _window_keys,
-  _windows,
-  bucket_order,
-  buckets_of,
+  bucket_parts,
   group_rows,
   id_bits,
   members,
@@ -47,11 +43,12 @@ from scone_jax.fgram.beam_kernels import (
   sorted_by_key,
   split_by_bucket,
   tuple_hashes,
+  window_hashes,
+  window_keys,
+  windows,
 )
 from scone_jax.fgram.beam_runner import parse_beam_args, quiet_worker_logs, run, with_dask_partitions
-from scone_jax.fgram.count import sort_and_count
-
-SEPARATOR = -1
+from scone_jax.fgram.count import SEPARATOR, sort_and_count
 
 
 class _Config:
@@ -87,30 +84,20 @@ def _queries(stream: np.ndarray, lengths: np.ndarray, n: int, bits: int):
     ends = ends[stream[ends - n + 1] != SEPARATOR]  # the rest of the window is the matched suffix
   starts = ends - n + 1
   if packs(n, bits):
-    keys = _window_keys(stream, starts, n, bits)
+    keys = window_keys(stream, starts, n, bits)
     if n * bits + max(1, len(keys).bit_length()) <= 64:  # key and position in one uint64: one plain sort
       unique, _, inverse = sort_and_count(keys, n * bits)
     else:
       unique, inverse = np.unique(keys, return_inverse=True)
     return ends, Grams(n, unique, None, None), inverse
-  hashes = _window_hashes(stream, starts, n)
+  hashes = window_hashes(stream, starts, n)
   first, _, inverse = group_rows(hashes, lambda j: stream[starts + j], n)
-  return ends, Grams(n, hashes[first], _windows(stream, starts[first], n), None), inverse
-
-
-def _by_bucket(grams: Grams, num_buckets: int):
-  """[(bucket, index into grams)], each index in grams' order (as split_by_bucket)."""
-  if len(grams) == 0:
-    return []
-  buckets = buckets_of(grams.keys, num_buckets)
-  order = bucket_order(buckets, num_buckets)
-  bounds = np.flatnonzero(np.diff(buckets[order])) + 1
-  return [(int(buckets[sel[0]]), sel) for sel in np.split(order, bounds)]
+  return ends, Grams(n, hashes[first], windows(stream, starts[first], n), None), inverse
 
 
 def _emit_queries(cfg: _Config, shard: int, stream, lengths, n: int):
   _, grams, _ = _queries(stream, lengths, n, cfg.bits)
-  for bucket, index in _by_bucket(grams, cfg.num_buckets):
+  for bucket, index in bucket_parts(grams.keys, cfg.num_buckets):
     yield "query", (bucket, ("query", (shard, grams.take(index))))
   yield "state", (shard, ("state", lengths))
 
@@ -131,7 +118,7 @@ def _vocab_step(cfg: _Config, n: int):
     rows = np.flatnonzero(np.diff(offsets) == n)
     if len(rows) == 0:
       return
-    tokens = _windows(flat, offsets[rows], n)
+    tokens = windows(flat, offsets[rows], n)
     keys = pack_rows(tokens, cfg.bits) if packs(n, cfg.bits) else tuple_hashes(tokens)
     grams = Grams(n, keys, None if packs(n, cfg.bits) else tokens, None)
     for bucket, part in split_by_bucket(grams, cfg.num_buckets):
@@ -159,7 +146,7 @@ def _apply_step(cfg: _Config, n: int):
     stream, doc_lengths = shard_inputs(cfg.shard_paths[shard], cfg.bos)
     ends, grams, inverse = _queries(stream, lengths, n, cfg.bits)
     matched = np.zeros(len(grams), bool)
-    for bucket, index in _by_bucket(grams, cfg.num_buckets):
+    for bucket, index in bucket_parts(grams.keys, cfg.num_buckets):
       if bucket in found:
         matched[index] = np.unpackbits(found[bucket], count=len(index)).astype(bool)
     lengths[ends[matched[inverse]]] = n
