@@ -149,11 +149,11 @@ def test_paper_sizes_lower_on_their_pods():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_file,method_file,run_file,layers,size,rows", [
-    ("models/paper_olmo_d2048_l18.gin", "methods/scone_af06b.gin", "runs/v5p_256.gin", 12, 10_000_000, 5120),
-    ("models/paper_olmo_d2048_l18.gin", "methods/scone_af18b.gin", "runs/v5p_256.gin", 36, 10_000_000, 5120),
-    ("models/paper_olmo_d2048_l18.gin", "methods/scone_af18b_fg1b.gin", "runs/v5p_256.gin", 36, 10 ** 9, 5120),
+    ("models/paper_olmo_d2048_l18.gin", "methods/scone_af06b.gin", "runs/v5p_256.gin", 12, 10_000_000, 2560),
+    ("models/paper_olmo_d2048_l18.gin", "methods/scone_af18b.gin", "runs/v5p_256.gin", 36, 10_000_000, 2560),
+    ("models/paper_olmo_d2048_l18.gin", "methods/scone_af18b_fg1b.gin", "runs/v5p_256.gin", 36, 10 ** 9, 2560),
     ("models/paper_webtext_d1536_l12.gin", "methods/scone_webtext_fg100m.gin", "runs/v5p_256_seq1024.gin", 12,
-     100_000_000, 3072),
+     100_000_000, 1536),
 ], ids=["olmo-af06b", "olmo-af18b", "olmo-af18b-fg1b", "webtext-fg100m"])
 def test_paper_scone_lowers_on_v5p_256_without_data(model_file, method_file, run_file, layers, size, rows):
   """The paper-size SCONE configs size themselves from FgramConfig.max_n/size (no f-gram file)."""
@@ -171,7 +171,8 @@ def test_paper_scone_lowers_on_v5p_256_without_data(model_file, method_file, run
   assert acct.training_params == layers * per_block + 5 * d + 2 * d   # blocks, positions, final LayerNorm
   lowered, (_, batch) = aot.lower_train_step(exp, trainer, hosts)
   # A_f sized for FgramConfig.max_unique f-grams per host (OLMo 20,480, WebText 12,288), all of
-  # length K = 5, packed 4 per row of 24 slots (4K rounded up to a multiple of 8).
-  assert batch["unique_packed_tokens"].shape == (rows * hosts, 24)
-  assert batch["unique_packed_ends"].shape == (rows * hosts, 12)
+  # length K = 5 with no shared prefix, packed 8 per row of 40 slots (8K rounded up to a multiple
+  # of 8); a row lists up to 40 - 40 // 5 = 32 f-grams.
+  assert batch["unique_packed_tokens"].shape == (rows * hosts, 40)
+  assert batch["unique_packed_ends"].shape == (rows * hosts, 32)
   assert batch["fgram_index"].shape == (exp.data.batch_size, exp.data.seq_len)

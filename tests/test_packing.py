@@ -1,7 +1,8 @@
-"""A_f's inputs packed into rows (fgram/packing.py): every f-gram is recoverable from the layout,
-rows are full but for at most one slot, the chosen buckets are the brute-force optimum, a need
-above every bucket grows one deterministically, and on a real corpus A_f executes within 1.25x of
-the token slots it needs."""
+"""A_f's inputs packed into rows as prefix trees (fgram/packing.py): every f-gram is recovered from
+the layout (its slot's ancestors under the tree mask are its tokens at positions 0..n-1), the
+executed slots are the trie's nodes plus what row breaks cost, the chosen buckets are the
+brute-force optimum, a need above every bucket grows one deterministically, and on a real corpus
+A_f executes within 1.25x of the slots it needs."""
 from __future__ import annotations
 
 import itertools
@@ -14,47 +15,61 @@ from scone_jax.methods.scone import DistinctFgrams, PackedFgrams
 from tests.helpers import fgram_batch
 
 
-def _random_fgrams(rng, n, k):
-  lengths = rng.integers(2, k + 1, n)
-  tokens = np.full((n, k), -1, np.int32)
-  for i, m in enumerate(lengths):
-    tokens[i, :m] = rng.integers(4, 1000, m)
-  return tokens, lengths
+def _random_fgrams(rng, n, k, vocab=1000):
+  grams = sorted({tuple(rng.integers(4, 4 + vocab, m).tolist()) for m in rng.integers(2, k + 1, n)},
+                 key=lambda g: rng.random())   # distinct, in no particular order
+  tokens = np.full((len(grams), k), -1, np.int32)
+  for i, g in enumerate(grams):
+    tokens[i, :len(g)] = g
+  return grams, tokens, np.array([len(g) for g in grams])
 
 
-@pytest.mark.parametrize("seed, n, k, row_len", [(0, 1, 2, 8), (1, 37, 3, 16), (2, 500, 4, 16), (3, 300, 5, 24),
-                                                 (4, 64, 8, 32), (5, 200, 4, 9)])
-def test_every_fgram_is_recovered_from_the_packed_rows(seed, n, k, row_len):
+@pytest.mark.parametrize("seed, n, k, row_len, vocab", [(0, 1, 2, 8, 1000), (1, 37, 3, 16, 1000), (2, 500, 4, 32, 6),
+                                                        (3, 300, 5, 24, 4), (4, 64, 8, 32, 3), (5, 200, 4, 9, 2),
+                                                        (6, 400, 2, 16, 30)])
+def test_every_fgram_is_recovered_from_the_packed_rows(seed, n, k, row_len, vocab):
   rng = np.random.default_rng(seed)
-  tokens, lengths = _random_fgrams(rng, n, k)
-  rows = packing.rows_needed(lengths, row_len)
-  arrays, index = packing.pack(tokens, lengths, rows + 2, row_len)   # two spare rows stay empty
-  per_row = row_len // 2
-  assert sorted(index.tolist()) == sorted(set(index.tolist())) and index.min() >= 0
-  for i in range(n):
+  grams, tokens, lengths = _random_fgrams(rng, n, k, vocab)
+  per_row = packing.outputs_per_row(row_len, k)
+  rows = packing.rows_needed(tokens, lengths, row_len, per_row)
+  arrays, index = packing.pack(tokens, lengths, rows + 2, row_len, per_row)   # two spare rows stay empty
+  mask = packing.tree_mask(arrays["spans"])[:, 0]
+  assert len(set(index.tolist())) == len(grams) and index.min() >= 0
+  for i, g in enumerate(grams):
     r, j = divmod(int(index[i]), per_row)
-    end, m = int(arrays["ends"][r, j]), int(lengths[i])
-    np.testing.assert_array_equal(arrays["tokens"][r, end - m + 1:end + 1], tokens[i, :m])
-    np.testing.assert_array_equal(arrays["positions"][r, end - m + 1:end + 1], np.arange(m))
-    assert set(arrays["segments"][r, end - m + 1:end + 1].tolist()) == {j + 1}
-  used = arrays["segments"] > 0
-  assert used.sum() == lengths.sum()   # no slot holds two f-grams, none is lost
-  assert not used[rows:].any()
-  # Each segment is one contiguous run: slots of one f-gram are never interleaved with another's.
-  for r in range(rows):
-    seg = arrays["segments"][r][used[r]]
-    assert (np.diff(seg) >= 0).all()
+    seen = np.flatnonzero(mask[r, int(arrays["ends"][r, j])])   # the slots its last token attends to
+    assert tuple(arrays["tokens"][r, seen].tolist()) == g
+    assert arrays["positions"][r, seen].tolist() == list(range(len(g)))
+  # Every slot sees itself; free slots (the spare rows) see only themselves.
+  assert mask[:, np.arange(row_len), np.arange(row_len)].all()
+  assert (mask[rows:].sum(axis=2) == 1).all()
+  # The needed slots are the prefix tree's nodes (every distinct prefix), counted by brute force;
+  # the executed ones exceed them only by the paths a row break repeats and a row's unused end.
+  nodes = {g[:m] for g in grams for m in range(1, len(g) + 1)}
+  assert packing.trie_nodes(tokens, lengths) == len(nodes)
+  used = mask.sum(axis=1) > 1   # a slot some other slot attends to, or an f-gram's last token
+  used[np.repeat(np.arange(rows + 2), per_row), arrays["ends"].reshape(-1)] |= np.isin(
+      np.arange((rows + 2) * per_row), index)
+  assert len(nodes) <= used.sum() <= len(nodes) + (rows - 1) * (k - 1)
   with pytest.raises(ValueError):
-    packing.pack(tokens, lengths, rows - 1, row_len) if rows > 1 else packing.pack(tokens, lengths, 0, row_len)
+    packing.pack(tokens, lengths, rows - 1, row_len, per_row)
 
 
-def test_rows_are_full_but_for_one_slot_when_two_grams_fill_the_gaps():
-  rng = np.random.default_rng(7)
-  lengths = np.concatenate([np.full(400, 2), rng.integers(3, 6, 300)])
-  row_len = 24
-  rows = packing.rows_needed(lengths, row_len)
-  # Every row but the last is full or one slot short (an odd gap no 2-gram fits).
-  assert rows * row_len - lengths.sum() <= rows + row_len
+def test_shared_prefixes_share_slots():
+  """Hand-made: "5 6", "5 6 7", "5 6 8", "5 9" and "3 4" are 7 nodes (3, 3 4, 5, 5 6, 5 6 7,
+  5 6 8, 5 9), not 12 tokens; "5 6" is read off at the slot of its 6, which 7 and 8 extend."""
+  grams = [(5, 6), (5, 6, 7), (5, 6, 8), (5, 9), (3, 4)]
+  tokens = np.full((5, 3), -1, np.int32)
+  for i, g in enumerate(grams):
+    tokens[i, :len(g)] = g
+  lengths = np.array([2, 3, 3, 2, 2])
+  assert packing.trie_nodes(tokens, lengths) == 7
+  arrays, index = packing.pack(tokens, lengths, 1, 8, packing.outputs_per_row(8, 3))
+  # Lexicographic order: 3 4 | 5 6 (7) (8) | 9 ; depths 0 1 0 1 2 2 1, one free slot.
+  assert arrays["tokens"][0].tolist() == [3, 4, 5, 6, 7, 8, 9, 0]
+  assert arrays["positions"][0].tolist() == [0, 1, 0, 1, 2, 2, 1, 0]
+  assert arrays["spans"][0].tolist() == [2, 2, 7, 6, 5, 6, 7, 8]
+  assert [int(arrays["ends"][0, j]) for j in index] == [3, 4, 5, 6, 1]
 
 
 def test_buckets_are_the_brute_force_optimum():
@@ -106,8 +121,8 @@ def test_on_a_real_corpus_af_executes_within_1_25x_of_the_needed_slots(tiny_corp
       n = int(b["match_len"][r, i])
       window = np.concatenate([b["history"][r, i], [b["inputs"][r, i]]])[-n:]
       tuples.add(tuple(window.tolist()))
-    assert b["stat_train_only_work"][0] == sum(len(t) for t in tuples)
-    assert (b["unique_packed_segments"] > 0).sum() == b["stat_train_only_work"][0]
+    assert b["stat_train_only_work"][0] == len({t[:m] for t in tuples for m in range(1, len(t) + 1)})
+    assert b["stat_train_only_work"][2] == len(tuples)
     assert b["unique_packed_tokens"].shape[0] in feature.buckets.sizes or b["unique_packed_tokens"].shape[0] > max(feature.buckets.sizes)
 
 
@@ -124,11 +139,13 @@ def test_a_batch_beyond_the_buckets_runs_in_a_larger_one():
   feature = DistinctFgrams(PackedFgrams(3), sample=lambda: [small])
   out = feature(batch(big_ids))
   assert out["unique_packed_tokens"].shape[0] > max(feature.buckets.sizes)
-  assert out["stat_train_only_work"][0] == sum(len(grams[i]) for i in big_ids.reshape(-1))
+  used = [grams[i] for i in big_ids.reshape(-1)]
+  assert out["stat_train_only_work"][0] == len({g[:m] for g in used for m in range(1, len(g) + 1)})
   # fgram_index points at each position's own f-gram in the packed list
   per_row = out["unique_packed_ends"].shape[1]
+  mask = packing.tree_mask(out["unique_packed_spans"])[:, 0]
   for pos in range(0, 256, 17):
     r, j = divmod(int(out["fgram_index"].reshape(-1)[pos]), per_row)
     g = grams[int(big_ids.reshape(-1)[pos])]
-    end = int(out["unique_packed_ends"][r, j])
-    assert tuple(out["unique_packed_tokens"][r, end - len(g) + 1:end + 1].tolist()) == g
+    seen = np.flatnonzero(mask[r, int(out["unique_packed_ends"][r, j])])
+    assert tuple(out["unique_packed_tokens"][r, seen].tolist()) == g

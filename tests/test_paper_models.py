@@ -246,11 +246,12 @@ def test_af_honours_the_block_options():
   emb = jax.random.normal(jax.random.key(1), (4, 3, 32))
   lengths = jnp.array([2, 3, 2, 3])
   out = np.asarray(af(emb, lengths))
-  # Packed: the four f-grams back to back in one row of 12 slots, each its own segment.
+  # Packed: the four f-grams' slots in one row, each slot attending to its own f-gram's earlier
+  # slots (fgram/packing.tree_mask): chains 0-1, 2-3-4, 5-6, 7-8-9.
   row = jnp.concatenate([emb[i, :n] for i, n in enumerate([2, 3, 2, 3])])[None]
   positions = jnp.array([[0, 1, 0, 1, 2, 0, 1, 0, 1, 2]])
-  segments = jnp.array([[1, 1, 2, 2, 2, 3, 3, 4, 4, 4]])
-  packed = np.asarray(af.packed(row, positions, segments, jnp.array([[1, 4, 6, 9]])))
+  spans = jnp.array([[2, 2, 5, 5, 5, 7, 7, 10, 10, 10]])
+  packed = np.asarray(af.packed(row, positions, spans, jnp.array([[1, 4, 6, 9]])))
   np.testing.assert_allclose(packed, out, rtol=1e-5, atol=1e-5)
 
 

@@ -50,11 +50,14 @@ def run(args) -> int:
   for fn in spec.batch_features:   # what a method's batch features chose from the data (SCONE: A_f's buckets)
     if getattr(fn, "buckets", None) is not None:
       work = np.sum([b["stat_train_only_work"] for b in batches], axis=0)
+      fgram_tokens = sum(int(fn.distinct(b)[2].sum()) for b in batches)
       print(f"bench pipeline: |V_f| {len(exp.method.fgram_vocab):,}, K {exp.method.max_n}: A_f rows of "
             f"{fn.source.row_len} slots, buckets (rows per process batch) {fn.buckets.sizes} chosen from "
             f"{exp.method.fgram.sample_batches} batches; over {len(batches)} batches {work[2] / len(batches):,.0f} "
-            f"distinct f-grams per batch, A_f token slots executed/needed {work[1] / work[0]:.3f} "
-            f"(target <= 1.25) {'PASS' if work[1] <= 1.25 * work[0] else 'FAIL'}", flush=True)
+            f"distinct f-grams per batch, their prefix trees {work[0] / fgram_tokens:.3f}x their tokens; A_f token "
+            f"slots executed/needed {work[1] / work[0]:.3f} (target <= 1.25) "
+            f"{'PASS' if work[1] <= 1.25 * work[0] else 'FAIL'}, {work[1] / fgram_tokens:.3f}x the f-grams' tokens",
+            flush=True)
   with jax.set_mesh(mesh):
     state = trainer.init()
     step_fn = trainer.jit_train_step(batches[0])

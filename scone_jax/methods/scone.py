@@ -117,11 +117,11 @@ class FgramModel(nnx.Module):
     h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
     return self._out(h_last, dt)
 
-  def packed(self, token_emb_RxPxD, positions_RxP, segments_RxP, ends_RxJ):
-    """f-grams packed into rows (fgram/packing.py): token embeddings [R, P, D], positions and
-    segments [R, P], the slot of each row's j-th f-gram's last token [R, J] -> embeddings
-    [R*J, D] (list index r*J + j). Attention stays inside each f-gram's segment, so every f-gram
-    gets what it gets alone (right-padded to K)."""
+  def packed(self, token_emb_RxPxD, positions_RxP, spans_RxP, ends_RxJ):
+    """f-grams packed into rows as prefix trees (fgram/packing.py): token embeddings [R, P, D],
+    depths and subtree spans [R, P], the slot of each row's j-th f-gram's last token [R, J] ->
+    embeddings [R*J, D] (list index r*J + j). Each slot attends to its ancestors and itself
+    (packing.tree_mask), so every f-gram gets what it gets alone (right-padded to K)."""
     dt = jnp.dtype(self.cfg.dtype)
     r, p, _ = token_emb_RxPxD.shape
     x = token_emb_RxPxD.astype(dt)
@@ -129,7 +129,7 @@ class FgramModel(nnx.Module):
       x = jnp.einsum("rpd,de->rpe", x, self.in_proj[...].astype(dt))
     x = x + jnp.take(self.positions[...].astype(dt), jnp.clip(positions_RxP, 0, self.max_n - 1), axis=0)
     x = constrain(x, ("unique_fgrams", None, None))
-    h, _ = self.blocks(x, positions_RxP, segments_RxP)
+    h, _ = self.blocks(x, positions_RxP, packing.tree_mask(spans_RxP, jnp))
     h_last = jnp.take_along_axis(h, ends_RxJ[:, :, None], axis=1)   # row-local: no gather across devices
     return self._out(h_last.reshape(r * ends_RxJ.shape[1], -1), dt)
 
@@ -157,7 +157,7 @@ class SconeEmbedding(nnx.Module):
       fgram_emb_UxD = batch["unique_rows"]
     elif "unique_packed_tokens" in batch:   # training and eval: the distinct f-grams packed into rows
       fgram_emb_UxD = self.fgram_model.packed(model.embed_tokens(batch["unique_packed_tokens"]),
-                                              batch["unique_packed_positions"], batch["unique_packed_segments"],
+                                              batch["unique_packed_positions"], batch["unique_packed_spans"],
                                               batch["unique_packed_ends"])
     else:   # decode and export: f-grams right-padded to K
       fgram_emb_UxD = self.fgram_embeddings(model, batch["unique_tokens"], batch["unique_lengths"])
@@ -227,28 +227,32 @@ class FgramTokens:
 
 
 class PackedFgrams:
-  """A_f's inputs for DistinctFgrams: the distinct f-grams' tokens packed into rows
+  """A_f's inputs for DistinctFgrams: the distinct f-grams packed into rows as prefix trees
   (fgram/packing.py). Needs only K: the tokens come from the batch itself."""
 
   def __init__(self, max_n: int, row_len: int = 0):
     self.max_n, self.row_len = max_n, row_len or packing.default_row_len(max_n)
+    if self.row_len < max_n:
+      raise UserError(f"FgramConfig.row_len={self.row_len} is shorter than K={max_n}: pass 0 (the default) or >= K")
+    self.per_row = packing.outputs_per_row(self.row_len, max_n)
 
   def need(self, tokens: np.ndarray, lengths: np.ndarray) -> int:
     """Packed rows the distinct f-grams take."""
-    return packing.rows_needed(lengths, self.row_len)
+    return packing.rows_needed(tokens, lengths, self.row_len, self.per_row)
 
   def planned(self, max_distinct: int) -> int:
-    """Rows that any max_distinct f-grams fit in (all of length K)."""
-    return -(-max_distinct // (self.row_len // self.max_n))
+    """Rows that any max_distinct f-grams fit in (no shared prefixes, all of length K)."""
+    return -(-max_distinct // min(self.per_row, self.row_len // self.max_n))
 
-  def slots(self, lengths: np.ndarray, size: int) -> tuple[int, int, int, int]:
-    """A_f's work: (needed, executed) token slots, (needed, executed) f-gram outputs."""
-    return int(lengths.sum()), size * self.row_len, len(lengths), size * (self.row_len // 2)
+  def slots(self, tokens: np.ndarray, lengths: np.ndarray, size: int) -> tuple[int, int, int, int]:
+    """A_f's work: (needed, executed) token slots, (needed, executed) f-gram outputs. Needed
+    slots are the nodes of the f-grams' prefix tree: what A_f must compute for them."""
+    return packing.trie_nodes(tokens, lengths), size * self.row_len, len(lengths), size * self.per_row
 
   def packed(self, tokens: np.ndarray, lengths: np.ndarray, size: int, process_index: int):
     """The f-grams packed into `size` rows: (Pending arrays, global list index of each)."""
-    arrays, index = packing.pack(tokens, lengths, size, self.row_len)
-    offset = process_index * size * (self.row_len // 2)
+    arrays, index = packing.pack(tokens, lengths, size, self.row_len, self.per_row)
+    offset = process_index * size * self.per_row
     return Done({f"unique_packed_{k}": v for k, v in arrays.items()}), index + offset
 
 
@@ -276,7 +280,7 @@ class StoreRows:
   def planned(self, max_distinct: int) -> int:
     return max_distinct
 
-  def slots(self, lengths: np.ndarray, size: int) -> tuple[int, int, int, int]:
+  def slots(self, tokens: np.ndarray, lengths: np.ndarray, size: int) -> tuple[int, int, int, int]:
     return 0, 0, 0, 0   # no A_f runs
 
   def packed(self, tokens: np.ndarray, lengths: np.ndarray, size: int, process_index: int):
@@ -338,7 +342,7 @@ class DistinctFgrams:
     index = np.full(matched.shape, -1, np.int32)
     index[matched] = list_index[inverse]
     return {**batch, "fgram_index": index, **rows.result(),
-            "stat_train_only_work": np.array(self.source.slots(lengths, size), np.int64)}
+            "stat_train_only_work": np.array(self.source.slots(tokens, lengths, size), np.int64)}
 
 
 class FgramDecodeFeatures:

@@ -152,12 +152,14 @@ class Attention(nnx.Module):
     return _bias(jnp.einsum("blnh,nhd->bld", out, self.wo[...].astype(self.dtype)), self.bo, self.dtype)
 
   def __call__(self, x_BxLxD, positions_BxL, segment_ids_BxL, cache=None, layer=None):
-    """Training (cache None): attention within segments, causal by position. Decoding: the new
-    tokens' keys/values go into `cache` layer `layer` (models/kv_cache.py) and the queries attend
-    over that layer's slots. Returns (output [B, L, D], the cache or None)."""
+    """Training (cache None): attention within segments, causal by position; segment_ids may
+    instead be a bool mask [B, 1, L, L] (A_f's prefix-tree rows, fgram/packing.tree_mask).
+    Decoding: the new tokens' keys/values go into `cache` layer `layer` (models/kv_cache.py) and
+    the queries attend over that layer's slots. Returns (output [B, L, D], the cache or None)."""
     q, k, v = self.qkv(x_BxLxD, positions_BxL)
     if cache is None:
-      mask = attention_mask(segment_ids_BxL, segment_ids_BxL, positions_BxL, positions_BxL)
+      mask = segment_ids_BxL if segment_ids_BxL.ndim == 4 else attention_mask(
+          segment_ids_BxL, segment_ids_BxL, positions_BxL, positions_BxL)
       return self.attend(q, k, v, mask), None
     cache = cache.write(layer, k, v, positions_BxL)
     keys, values = cache.layer(layer)
