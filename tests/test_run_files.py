@@ -69,9 +69,17 @@ def test_describe_gives_the_flop_matched_steps():
 
 
 @pytest.mark.slow
-def test_bench_train_runs_its_alternating_rounds(capsys):
+def test_bench_train_runs_its_alternating_rounds(capsys, tiny_corpus, tiny_fgrams):
+  """On a real batch (the tiny corpus and its f-grams) and on the synthetic one; without data it
+  says what to do."""
   from scone_jax.cli import main
-  assert main(["bench", "train", "--d_model", "32", "--d_ff", "64", "--num_heads", "2", "--vocab_size", "64",
-               "--seq_len", "16", "--batch_size", "8", "--steps", "1"]) == 0
+  tiny = ["--d_model", "32", "--d_ff", "64", "--num_heads", "2", "--seq_len", "16", "--batch_size", "8", "--steps", "1"]
+  assert main(["bench", "train", *tiny, "--data", tiny_corpus, "--fgrams", tiny_fgrams]) == 0
   out = capsys.readouterr().out
   assert "median of 5 alternating rounds of 1 steps" in out and "A_f token slots executed" in out
+  assert f"batches of {tiny_corpus} (8 x 16)" in out and "prefix-tree nodes" in out
+  assert main(["bench", "train", *tiny, "--synthetic", "--vocab_size", "64"]) == 0
+  assert "batches of" not in capsys.readouterr().out
+  assert main(["bench", "train", *tiny, "--data", "/nonexistent"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "--data '/nonexistent' has no meta.json" in err and len(err.splitlines()) == 1
