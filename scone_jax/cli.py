@@ -23,7 +23,7 @@ COMMANDS: dict[str, object] = {
         "tag": ("scone_jax.fgram.tags", "pre-tag DATA with every position's f-gram match length (TAGS_DIR)"),
     },
     "train": ("scone_jax.train.loop", "train from gin files; resumes automatically"),
-    "eval": ("scone_jax.commands.eval", "validation loss and perplexity of a run"),
+    "eval": ("scone_jax.commands.eval", "loss, perplexity, bits per byte on held-out corpora; multiple choice"),
     "compile": ("scone_jax.train.aot", "AOT-compile the train step for a TPU topology"),
     "describe": ("scone_jax.commands.describe", "parameter and FLOP accounting of gin files as JSON, without data"),
     "export": ("scone_jax.export.writer", "precompute the f-gram table into a zarr store"),

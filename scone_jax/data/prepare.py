@@ -219,8 +219,8 @@ def _prepare_into(data_dir: str, corpus: corpus_lib.Corpus, bars: Bars, given, *
   if not train_tokenizer and tokenizer.sha256 != given.sha256:
     raise UserError(f"{given.path!r} changed while prepare was reading it; run again")
 
-  writers, lossy, num_chars = _write_shards(data_dir, corpus, scan, tokenizer, kind, tokenizer_path,
-                                            num_shards, bars, workers)
+  writers, lossy, num_chars, num_bytes = _write_shards(data_dir, corpus, scan, tokenizer, kind, tokenizer_path,
+                                                       num_shards, bars, workers)
   flag = "--tokenizer" if kind == hf_tokenizer.KIND else "--vocab"
   if lossy and train_tokenizer:
     raise AssertionError(f"trained tokenizer is not lossless on {lossy[0]!r}")  # a bug, not input
@@ -259,7 +259,8 @@ def _prepare_into(data_dir: str, corpus: corpus_lib.Corpus, bars: Bars, given, *
       num_tokens={s: w.num_tokens for s, w in writers.items()},
       num_shards={s: len(w.paths) for s, w in writers.items()},
       source=corpus.source,
-      extra=extra)
+      extra=extra,
+      num_bytes=num_bytes)   # None for pretokenized input: it has no text
   shards.write_meta(data_dir, meta)
   return meta
 
@@ -333,9 +334,12 @@ def _encoded(batches: Iterable[list[corpus_lib.Document]], tokenizer, kind: str,
 
 def _write_shards(data_dir: str, corpus: corpus_lib.Corpus, scan: _Scan, tokenizer, kind: str,
                   tokenizer_path: str, num_shards: int | None, bars: Bars,
-                  workers: int) -> tuple[dict[str, spool.SpooledShardWriter], list[str], dict[str, int]]:
+                  workers: int) -> tuple[dict[str, spool.SpooledShardWriter], list[str], dict[str, int],
+                                         dict[str, int] | None]:
   """Pass 2: encodes every document into its split's shards; returns the writers, the
-  identities of documents that do not decode back exactly, and the characters per split."""
+  identities of documents that do not decode back exactly, the characters per split and the
+  UTF-8 bytes per split (each document's text as read, encoded UTF-8, no separator: what bits
+  per byte divides by; None for pretokenized input, which has no text)."""
   counts = {"train": scan.is_validation.count(0), "validation": scan.is_validation.count(1)}
   per_shard = TOKENS_PER_SHARD if corpus.pretokenized is not None else CHARS_PER_SHARD
   spool_dir = os.path.join(data_dir, SPOOL_DIR)   # bounded memory for any number of shards (spool.py)
@@ -344,6 +348,7 @@ def _write_shards(data_dir: str, corpus: corpus_lib.Corpus, scan: _Scan, tokeniz
              for split in shards.SPLITS}
   lossy: list[str] = []
   num_chars = {"train": 0, "validation": 0}
+  num_bytes = {"train": 0, "validation": 0}
   fingerprint = hashlib.sha256()
   changed = UserError(f"input {corpus.source!r} changed while prepare was reading it; run again")
   index = 0
@@ -354,15 +359,18 @@ def _write_shards(data_dir: str, corpus: corpus_lib.Corpus, scan: _Scan, tokeniz
       if batch[0].ids is None:
         ids_batch, lossy_flags = result
         chars = [len(doc.text) for doc in batch]
+        sizes = [len(doc.text.encode("utf-8", "surrogatepass")) for doc in batch]
       else:   # pretokenized: the ids as they are; the result is the decoded length of each
         ids_batch, lossy_flags, chars = [doc.ids for doc in batch], [False] * len(batch), result
-      for doc, ids, is_lossy, n_chars in zip(batch, ids_batch, lossy_flags, chars):
+        sizes = [0] * len(batch)
+      for doc, ids, is_lossy, n_chars, n_bytes in zip(batch, ids_batch, lossy_flags, chars, sizes):
         if index >= len(scan.is_validation):
           raise changed
         fingerprint.update(f"{doc.identity}\0{_size(doc)}\n".encode("utf-8", "surrogatepass"))
         split = "validation" if scan.is_validation[index] else "train"
         writers[split].write(ids)
         num_chars[split] += n_chars
+        num_bytes[split] += n_bytes
         if is_lossy:
           lossy.append(doc.identity)
         index += 1
@@ -381,7 +389,7 @@ def _write_shards(data_dir: str, corpus: corpus_lib.Corpus, scan: _Scan, tokeniz
     # Only a --vocab can get here (a trained tokenizer is lossless: text never encodes to
     # nothing): its normalization left no token of any document (e.g. whitespace-only text).
     raise _no_text(corpus)
-  return writers, lossy, num_chars
+  return writers, lossy, num_chars, (num_bytes if corpus.pretokenized is None else None)
 
 
 def _size(doc: corpus_lib.Document) -> int:

@@ -41,6 +41,10 @@ class DataMeta:
   num_shards: dict[str, int]
   source: str = ""
   extra: dict = dataclasses.field(default_factory=dict)
+  # UTF-8 bytes of the documents' text per split (each document's text as read, no separators;
+  # docs/METHODS.md 5): what bits per byte divides by. None: not recorded (pretokenized input,
+  # or a directory written before it was): meta.json then has no `num_bytes`.
+  num_bytes: dict[str, int] | None = None
 
   def validate(self, where: str) -> None:
     """Counts are non-negative whole numbers, the vocabulary is not empty and the special ids
@@ -57,8 +61,10 @@ class DataMeta:
     present = [i for name, i in ids.items() if i >= 0 and not (name == "bos_id" and i == self.eos_id)]
     if len(set(present)) != len(present):
       raise bad(f"gives two special tokens one id ({ids})")
-    for field in ("num_documents", "num_tokens", "num_shards"):
+    for field in ("num_documents", "num_tokens", "num_shards", "num_bytes"):
       counts = getattr(self, field)
+      if field == "num_bytes" and counts is None:
+        continue
       if not isinstance(counts, dict) or any(isinstance(v, bool) or not isinstance(v, int) or v < 0
                                              for v in counts.values()):
         raise bad(f"has {field} {counts!r}, not counts per split")
@@ -68,7 +74,12 @@ class DataMeta:
     return tuple(i for i in (self.pad_id, self.eos_id, self.bos_id, self.unk_id) if i >= 0)
 
   def to_json(self) -> dict:
-    return dataclasses.asdict(self)
+    """meta.json's object; `num_bytes` only when recorded (so a directory written before it
+    existed keeps its meta.json, and with it its fingerprint)."""
+    out = dataclasses.asdict(self)
+    if out["num_bytes"] is None:
+      del out["num_bytes"]
+    return out
 
 
 def shard_name(split: str, index: int, count: int) -> str:
