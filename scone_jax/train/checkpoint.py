@@ -115,6 +115,10 @@ class Checkpoints:
     """Restores the state onto the shardings of `abstract_state` (any mesh) and, if given,
     the data iterator in place."""
     self.verify(step)
+    mismatch = self._mismatch(step, abstract_state)
+    if mismatch:   # refused before orbax starts reading (a failed read leaves its threads printing)
+      raise UserError(f"checkpoint step {step} in {self.directory!r} does not match this configuration ({mismatch}); "
+                      "resume with the run's own settings (RUN/config.gin) or pick a new --workdir")
     args = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -126,6 +130,25 @@ class Checkpoints:
                       "resume with the run's own settings (RUN/config.gin) or pick a new --workdir") from e
     return restored["state"]
 
+  def _mismatch(self, step: int, abstract_state) -> str | None:
+    """The first array whose stored shape or dtype differs from `abstract_state`'s, from the
+    step's metadata; None if all agree or the trees cannot be compared leaf by leaf (then the
+    restore decides)."""
+    try:
+      with ocp.StandardCheckpointer() as checkpointer:
+        stored = checkpointer.metadata(os.path.join(self.directory, str(step), "state")).item_metadata
+    except Exception:   # noqa: BLE001 - unreadable metadata: the restore reports it
+      return None
+    stored, wanted = _by_path(stored), _by_path(abstract_state)
+    if set(stored) != set(wanted):
+      return None
+    for path in sorted(wanted, key=lambda p: (p[0] != "params", p)):   # parameters first
+      a, b = stored[path], wanted[path]
+      if tuple(a.shape) != tuple(b.shape) or jax.numpy.dtype(a.dtype) != jax.numpy.dtype(b.dtype):
+        return (f"{'/'.join(path)}: stored {a.dtype}{list(a.shape)}, configured "
+                f"{jax.numpy.dtype(b.dtype)}{list(b.shape)}")
+    return None
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
     self.seal()
@@ -134,3 +157,14 @@ class Checkpoints:
     self.manager.wait_until_finished()
     self.seal()
     self.manager.close()
+
+
+def _by_path(tree) -> dict[tuple[str, ...], object]:
+  """Array leaves of a pytree by path, each key as a plain string (dict key, attribute or index)."""
+  def name(k):
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        return str(getattr(k, attr))
+    return str(k)
+  return {tuple(name(k) for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+          if hasattr(leaf, "shape") and hasattr(leaf, "dtype")}
