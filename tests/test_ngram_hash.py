@@ -165,12 +165,30 @@ def test_embedding_equals_dense_reference(amplification):
     table_t = E[layout.offsets[t]:layout.offsets[t] + layout.sizes[t]]
     expected += table_t[rows[..., t] - layout.offsets[t]] @ W[t]
   expected /= 1 + layout.num_tables
-  if amplification == "sqrt_d":
-    expected *= np.sqrt(48)
+  if amplification == "sqrt_d":   # T and E_t rows N(0, 1), W_t LeCun: every term RMS 1, so 1 + J of them
+    expected *= np.sqrt(1 + layout.num_tables)
   elif amplification == "layernorm":
     mu, var = expected.mean(-1, keepdims=True), expected.var(-1, keepdims=True)
     expected = (expected - mu) / np.sqrt(var + 1e-6) * np.asarray(emb.amp_scale[...]) + np.asarray(emb.amp_bias[...])
   np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("amplification, expected", [("none", "shrunk"), ("sqrt_d", 1.0), ("layernorm", 1.0)])
+def test_amplification_restores_the_token_embeddings_scale(amplification, expected):
+  """At initialisation (real random init, J = 6 tables, d = 128): the plain average has about
+  1 / sqrt(1 + J) of T's RMS; `sqrt_d` and `layernorm` bring it back (the paper's literal x sqrt(d)
+  would give sqrt(192 / 7) = 5.2x)."""
+  model, layout = _model(amplification, d=192)
+  rng = np.random.default_rng(4)
+  rows_in = [_packed_row(rng, 64, 64) for _ in range(4)]
+  inputs = np.stack([r[0] for r in rows_in]).astype(np.int32)
+  seg = np.stack([r[1] for r in rows_in])
+  rows = np.stack([ngram_hash.NgramRows(layout)({"inputs": i, "segment_ids": s})["ngram_rows"] for i, s in zip(inputs, seg)])
+  e = np.asarray(model.embed({"inputs": jnp.asarray(inputs), "ngram_rows": jnp.asarray(rows)}))
+  token_rms = np.sqrt(np.mean(np.square(np.asarray(model.token_embed[...]))))
+  ratio = np.sqrt(np.mean(np.square(e))) / token_rms
+  target = 1 / np.sqrt(1 + layout.num_tables) if expected == "shrunk" else expected
+  assert abs(ratio / target - 1) < 0.15, (ratio, target)
 
 
 def test_decode_from_the_last_ids_equals_the_full_sequence():

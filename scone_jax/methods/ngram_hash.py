@@ -1,7 +1,8 @@
 """LongCat hashed n-gram embedding (docs/METHODS.md 2): everything the `ngram_hash` method is.
 
   e_i = (T[x_i] + sum_t W_t E_t[h_t(i)]) / (1 + T),   t over the (N-1)K tables,
-optionally amplified (x sqrt(d), or a LayerNorm) before the first block.
+optionally amplified before the first block: `sqrt_d` scales e back to T's RMS at initialisation
+(the paper's x sqrt(d) assumes its own init; ours: x sqrt(1 + T)), `layernorm` a LayerNorm.
 
 Hash ids. Table t (n-major: t = (n-2)*K + k for n = 2..N, k = 0..K-1) has M_t rows and hashes
 the n-gram ending at position i:
@@ -35,6 +36,7 @@ from scone_jax.config import ModelConfig
 from scone_jax.errors import UserError
 from scone_jax.methods.base import Method
 from scone_jax.models.layers import param
+from scone_jax.models.transformer import TOKEN_INIT_STD
 from scone_jax.parallel import constrain
 from scone_jax.pending import Done
 
@@ -54,9 +56,10 @@ class NgramHashConfig:
   ratio: float = 4.5              # m = round(ratio * |V|); a half-integer keeps m + 2t + 1 far from multiples
   sizes: tuple = ()               # explicit M_{n,k}; overrides ratio
   sub_dim: int = 0                # width of every E_{n,k}; 0 = d / ((N-1)K) as docs/METHODS.md (our extension)
-  amplification: str = "none"     # none | sqrt_d | layernorm
+  amplification: str = "none"     # none | sqrt_d (restores T's RMS: amplification_factor) | layernorm
   near_multiple_tolerance: float = 0.01   # fraction of |V|; 0 refuses exact multiples only
 
+TABLE_INIT_STD = 1.0       # E_t's rows at initialisation, like T's
 MAX_TABLE_ROWS = 2 ** 30   # int32-safe device hashing (2 * (M - 1) < 2^31)
 ROW_ALIGN = 1024           # the fused table's rows are padded to this, so any mesh of up to 1024
                            # table shards (powers of two) splits them evenly; pad rows are never read
@@ -252,6 +255,16 @@ def hash_rows_device(layout: NgramTableLayout, history_Nx) -> jax.Array:
   return h + jnp.asarray(layout.offsets, jnp.int32)
 
 
+def amplification_factor(num_tables: int) -> float:
+  """`sqrt_d`'s scale: what brings the average of 1 + J independent terms back to the RMS of a
+  row of T at initialisation (docs/METHODS.md 2). T's rows have RMS TOKEN_INIT_STD; each W_t E_t
+  row has RMS TABLE_INIT_STD (LeCun W_t keeps the scale of its input); their mean has RMS
+  sqrt(T^2 + J P^2) / (1 + J). With our init (1 and 1) the factor is sqrt(1 + J); the paper's
+  sqrt(d) is right only for its own initialisation (at d = 2048, J = 12 it gives 12.6x T's RMS)."""
+  t, p = TOKEN_INIT_STD, TABLE_INIT_STD
+  return t * (1 + num_tables) / math.sqrt(t * t + num_tables * p * p)
+
+
 class NgramHashEmbedding(nnx.Module):
   """The input embedding of an `ngram_hash` model (set as model.input_embedding)."""
 
@@ -263,7 +276,7 @@ class NgramHashEmbedding(nnx.Module):
     self.layout, self.amplification, self.eps = layout, ncfg.amplification, main.norm_eps
     self.dtype = jnp.dtype(main.dtype)
     # Every term of the average starts at unit scale, like T's rows: E ~ N(0, 1), W_t ~ 1/sqrt(d_sub).
-    self.ngram_tables = param(rngs, nnx.initializers.normal(1.0), (layout.total_rows, d_sub),
+    self.ngram_tables = param(rngs, nnx.initializers.normal(TABLE_INIT_STD), (layout.total_rows, d_sub),
                               ("table_rows", "table_dim"), decay=False)
     self.ngram_proj = param(rngs, nnx.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,)),
                             (t, d_sub, d), (None, "table_dim", "embed"))
@@ -282,7 +295,7 @@ class NgramHashEmbedding(nnx.Module):
     proj = jnp.einsum("bltk,tkd->bld", sub, self.ngram_proj[...].astype(dt))
     e = (token_emb_BxLxD + proj) / (1 + self.layout.num_tables)
     if self.amplification == "sqrt_d":
-      e = e * math.sqrt(e.shape[-1])
+      e = e * amplification_factor(self.layout.num_tables)
     elif self.amplification == "layernorm":
       x = e.astype(jnp.float32)
       mean = jnp.mean(x, axis=-1, keepdims=True)

@@ -31,6 +31,8 @@ REMAT = {
 FfnUpFactory = Callable[[nnx.Rngs], nnx.Module]
 
 
+TOKEN_INIT_STD = 1.0   # T's rows at initialisation: N(0, 1) (LongCat's amplification restores this scale)
+
 class BlockStack(nnx.Module):
   """num_layers blocks; with scan_layers their parameters are stacked and run by jax.lax.scan.
 
@@ -96,7 +98,7 @@ class Transformer(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, *, ffn_up: FfnUpFactory | None = None):
     self.cfg = cfg
     d, v = cfg.d_model, cfg.vocab_size
-    self.token_embed = param(rngs, nnx.initializers.normal(1.0), (v, d), ("vocab", "embed"))
+    self.token_embed = param(rngs, nnx.initializers.normal(TOKEN_INIT_STD), (v, d), ("vocab", "embed"))
     self.pos_embed = nnx.data(None)
     if cfg.positions == "learned":
       self.pos_embed = param(rngs, nnx.initializers.normal(1.0), (cfg.max_seq_len, d), ("pos", "embed"))
