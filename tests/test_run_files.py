@@ -83,3 +83,9 @@ def test_bench_train_runs_its_alternating_rounds(capsys, tiny_corpus, tiny_fgram
   assert main(["bench", "train", *tiny, "--data", "/nonexistent"]) == 2
   err = capsys.readouterr().err.strip()
   assert "--data '/nonexistent' has no meta.json" in err and len(err.splitlines()) == 1
+  import jax
+  devices = jax.local_device_count()
+  if devices > 1:   # a batch the devices cannot split (the suite's default 8 CPU devices)
+    assert main(["bench", "train", *tiny[:-4], "--batch_size", str(devices + 1), "--synthetic"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--batch_size" in err and "not divisible" in err and len(err.splitlines()) == 1

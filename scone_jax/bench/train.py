@@ -134,6 +134,10 @@ def run(args) -> int:
   b, l = args.batch_size, args.seq_len
   mesh = parallel.make_mesh(MeshConfig(data=-1), jax.local_devices())
   granularity = mesh.shape["data"] * mesh.shape["fsdp"]
+  if b % granularity:
+    from scone_jax.errors import UserError
+    raise UserError(f"--batch_size {b} is not divisible by the {granularity} local devices the batch is split over: "
+                    f"pass a multiple of {granularity}")
   vocab_size, k, batch, sbatch = (_synthetic_batches if args.synthetic else _data_batches)(args, granularity)
   cfg = ModelConfig(vocab_size=vocab_size, d_model=args.d_model, num_layers=args.num_layers,
                     num_heads=args.num_heads, num_kv_heads=max(1, args.num_heads // 2), d_ff=args.d_ff,
