@@ -74,7 +74,7 @@ class Experiment:
     return accounting.account(self.model, abstract_params, self.data.seq_len, training_only=m.training_only,
                               offloaded=m.offloaded, extra_flops=m.extra_flops(),
                               train_only_flops=m.train_only_flops(process_count, batch_devices),
-                              offloaded_entries=m.offloaded_entries)
+                              offloaded_entries=m.offloaded_entries, served_offloaded=m.served_offloaded)
 
 
 def parse(gin_files: list[str], bindings: list[str]) -> None:

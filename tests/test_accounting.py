@@ -106,11 +106,13 @@ def test_ngram_hash_experiment_accounting(data_fg):
   exp = _load(data, "methods/ngram.gin", [])
   assert exp.method.layout.sizes == tuple(range(289, 304, 2))
   acct = _accounting(exp)
-  # Resident: 2 blocks 18,560 + T 2,048 + final norm 32 + the projections W_t 8 * 4 * 32 = 1,024.
-  assert acct.resident_params == 21_664
+  # Resident: 2 blocks 18,560 + T 2,048 + final norm 32 + the projections W_t 8 * 4 * 32 = 1,024
+  # = 21,664, plus the fused table, which generate serves from the device (served_offloaded False):
+  # its padding rows included, 3,072 * 4 = 12,288, offloadable but not offloaded.
+  assert acct.resident_params == 21_664 + 12_288
   assert acct.training_params == 0
-  # Offloaded: the fused table, its padding rows included: 3,072 * 4.
-  assert acct.offloaded_entries == 12_288
+  assert (acct.offloaded_entries, acct.offloadable_entries) == (0, 12_288)
+  assert "12,288 table entries could be offloaded" in acct.lines()[2]
   # Inference: 49,152 + the projections 2 T d_sub d = 2 * 8 * 4 * 32 = 2,048 (the gathers are free).
   assert acct.inference_flops_per_token == 51_200
   assert acct.train_flops_per_token == 3 * 51_200 == 153_600
@@ -126,10 +128,10 @@ def test_stem_experiment_accounting(data_fg):
   acct = _accounting(exp)
   # Resident: 3 blocks without W_up 3 * (9,280 - d d_ff = 2,048) = 21,696 + W_up of the 2 dense
   # layers 2 * 2,048 = 4,096 + T 2,048 + final norm 32.
-  assert acct.resident_params == 27_872
+  # Plus one table |V| d_ff = 64 * 64 = 4,096, offloadable but served from the device by generate.
+  assert acct.resident_params == 27_872 + 4_096
   assert acct.training_params == 0
-  # Offloaded: one table |V| d_ff = 64 * 64.
-  assert acct.offloaded_entries == 4_096
+  assert (acct.offloaded_entries, acct.offloadable_entries) == (0, 4_096)
   # Inference: 3 x 22,528 + 2 d |V| 4,096 - the STEM layer's up-projection 2 d d_ff 4,096 = 67,584.
   assert acct.inference_flops_per_token == 67_584
   assert acct.train_flops_per_token == 3 * 67_584 == 202_752

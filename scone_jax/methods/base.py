@@ -43,6 +43,9 @@ class Method:
   description: ClassVar[str] = ""        # in messages: "a baseline run", "a STEM run", ...
   training_only: ClassVar[tuple[str, ...]] = ()   # parameter path components dropped after export
   offloaded: ClassVar[tuple[str, ...]] = ()       # parameter path components that live off the accelerator
+  # Whether serving (generate, decode) keeps the `offloaded` groups off the accelerator; False: the
+  # accounting counts them resident (and reports them as offloadable only).
+  served_offloaded: ClassVar[bool] = True
 
   @classmethod
   def resolve(cls, model: ModelConfig, data: DataConfig, meta: DataMeta, *, planned: bool = False) -> "Method":

@@ -344,6 +344,7 @@ class NgramHash(Method):
   name = "ngram_hash"
   description = "a LongCat n-gram hash run"
   offloaded = ("ngram_tables",)
+  served_offloaded = False   # generate hashes and reads the tables on the device (a host path: issue 14)
 
   @classmethod
   def resolve(cls, model, data, meta, *, planned=False):

@@ -181,6 +181,7 @@ class Stem(Method):
   name = "stem"
   description = "a STEM run"
   offloaded = ("stem_tables",)
+  served_offloaded = False   # generate keeps the tables on the device (host rows: issue 14)
 
   @classmethod
   def resolve(cls, model, data, meta, *, planned=False):

@@ -3,7 +3,10 @@
 Three parameter numbers for every model:
   resident   accelerator-resident parameters at inference (main model, token table T included)
   training   training-only parameters (A_f for SCONE)
-  offloaded  offloaded table entries (E_f rows x d for SCONE; hashed tables; STEM tables)
+  offloaded  table entries the serving path keeps off the accelerator (E_f rows x d for SCONE).
+             A method's tables that could be offloaded but that `generate` still serves from the
+             device (LongCat's hashed tables, STEM's tables: Method.served_offloaded False) count
+             as resident; `offloadable_entries` says how many entries they hold.
 FLOPs per token: a multiply-add counts 2. Inference = the main model's matmuls (each weight used
 once per token, the token-embedding gather is free; a tied output layer counts V*D) plus attention
 scores and values (2 * 2 * context * heads * head_dim per layer, full context: no causal halving).
@@ -32,12 +35,17 @@ class Accounting:
   inference_flops_per_token: float
   train_flops_per_token: float
   train_only_flops_per_token: float = 0.0   # part of train_flops_per_token (planned; an upper bound for SCONE)
+  offloadable_entries: int = 0   # entries of the method's offloadable tables (= offloaded_entries where served so)
 
   def lines(self) -> list[str]:
+    kept = ""
+    if self.offloadable_entries != self.offloaded_entries:
+      kept = (f" (its {self.offloadable_entries:,} table entries could be offloaded, but generate serves them from "
+              "the accelerator: counted resident)")
     return [
         f"params: accelerator-resident at inference {self.resident_params:,}",
         f"params: training-only {self.training_params:,}",
-        f"params: offloaded table entries {self.offloaded_entries:,}",
+        f"params: offloaded table entries {self.offloaded_entries:,}{kept}",
         f"flops/token: inference {self.inference_flops_per_token:,.0f}, training {self.train_flops_per_token:,.0f}",
     ]
 
@@ -82,13 +90,16 @@ def main_model_flops(cfg: ModelConfig, context: int) -> float:
 
 def account(cfg: ModelConfig, abstract_params, seq_len: int, *, training_only: tuple[str, ...] = (),
             offloaded: tuple[str, ...] = (), extra_flops: float = 0.0, train_only_flops: float = 0.0,
-            offloaded_entries=None) -> Accounting:
+            offloaded_entries=None, served_offloaded: bool = True) -> Accounting:
   """The three numbers and FLOPs per token. extra_flops: forward FLOPs per token a method adds to
   the main model (training counts 3x); train_only_flops: training FLOPs per token of
   training-only modules; offloaded_entries: counted offloaded parameters -> entries (a method's
-  off-accelerator table that is not a parameter, SCONE's E_f)."""
+  off-accelerator table that is not a parameter, SCONE's E_f); served_offloaded: False when the
+  serving path keeps the `offloaded` groups on the accelerator (they count as resident)."""
   groups = count_params(abstract_params, training_only, offloaded)
   fwd = main_model_flops(cfg, seq_len) + extra_flops
   entries = groups["offloaded"] if offloaded_entries is None else offloaded_entries(groups["offloaded"])
-  return Accounting(groups["resident"], groups["training"], entries, inference_flops_per_token=fwd,
-                    train_flops_per_token=3 * fwd + train_only_flops, train_only_flops_per_token=train_only_flops)
+  resident = groups["resident"] + (0 if served_offloaded else groups["offloaded"])
+  return Accounting(resident, groups["training"], entries if served_offloaded else 0, inference_flops_per_token=fwd,
+                    train_flops_per_token=3 * fwd + train_only_flops, train_only_flops_per_token=train_only_flops,
+                    offloadable_entries=entries)
