@@ -1,11 +1,19 @@
 """scone_jax: SCONE-style embedding scaling for JAX/Flax language-model pretraining."""
+import re
+
 from setuptools import find_packages, setup
+
+with open("scone_jax/__init__.py") as f:
+  VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 setup(
     name="scone_jax",
-    version="0.1.0",
+    version=VERSION,
     description="Pretraining with scalable, offloaded n-gram embeddings (SCONE, LongCat, STEM) in JAX/Flax NNX",
     packages=find_packages(include=["scone_jax", "scone_jax.*"]),
+    # The experiment files (models/, methods/, runs/) ship in the wheel: `--gin_file runs/...` works
+    # after a non-editable install, from any working directory (config.EXPERIMENTS_DIR).
+    package_data={"scone_jax": ["experiments/*.md", "experiments/*/*.gin"]},
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10.2",

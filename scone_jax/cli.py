@@ -54,7 +54,8 @@ def _add(sub, name: str, spec) -> None:
       _add(inner, child, child_spec)
     return
   module_name, help_text = spec
-  parser = sub.add_parser(name, help=help_text, description=help_text)
+  parser = sub.add_parser(name, help=help_text, description=help_text,
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)   # defaults in every --help
   parser.set_defaults(_module=module_name, _parser=parser)
 
 
@@ -66,7 +67,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+  from scone_jax import __version__
   parser = _Parser(prog="scone-jax", description=__doc__.splitlines()[0])
+  parser.add_argument("--version", action="version", version=f"scone-jax {__version__}")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
   for name, spec in COMMANDS.items():
     _add(sub, name, spec)

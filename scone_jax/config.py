@@ -138,21 +138,74 @@ class TrainConfig:
   CHOICES: ClassVar[dict] = {"schedule": ("cosine", "linear")}
 
 
-EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+# The experiment files ship inside the package (scone_jax/experiments; the repository's
+# experiments/ is a link to it), so an installed wheel finds them from any working directory.
+EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "experiments")
+_SEARCH_PATHS: list[str] = []   # directories given to gin's include search so far (gin keeps them)
+
+
+def add_gin_arguments(p, *, required: bool = True) -> None:
+  """--gin_file and --gin_search_paths, the same for every command that reads experiment files."""
+  p.add_argument("--gin_file", action="append", default=[], required=required,
+                 help="gin file (repeatable): a path, or a name under the packaged experiments "
+                      f"({EXPERIMENTS_DIR}) or a --gin_search_paths directory, e.g. models/tiny.gin")
+  p.add_argument("--gin_search_paths", default="",
+                 help="comma-separated directories searched for --gin_file names and gin includes after the "
+                      "packaged experiments (T5X style)")
+
+
+def search_paths_flag(value: str) -> list[str]:
+  """--gin_search_paths: existing directories, in order."""
+  paths = [os.path.abspath(p) for p in value.split(",") if p]
+  for p in paths:
+    if not os.path.isdir(p):
+      raise UserError(f"--gin_search_paths: {p!r} is not a directory; pass existing directories, comma-separated")
+  return paths
+
+
+def use_search_paths(paths: list[str]) -> None:
+  """Adds directories to the gin search (for --gin_file names and includes), once each, after the
+  packaged experiments."""
+  for place in [EXPERIMENTS_DIR, *paths]:
+    if place not in _SEARCH_PATHS:
+      gin.add_config_file_search_path(place)
+      _SEARCH_PATHS.append(place)
+
+
+def resolve_gin_file(name: str) -> str:
+  """A --gin_file as given (absolute, or relative to the working directory) if it exists, else
+  under the packaged experiments, else under each search path in order; a name found in two of
+  those with different contents is refused (one would shadow the other silently)."""
+  use_search_paths([])
+  extra = _SEARCH_PATHS[1:]
+  if os.path.isfile(name):
+    return os.path.abspath(name)
+  found = [os.path.join(p, name) for p in _SEARCH_PATHS if os.path.isfile(os.path.join(p, name))]
+  if len(found) > 1 and len({open(f, "rb").read() for f in found}) > 1:
+    raise UserError(f"gin file {name!r} is in more than one place ({', '.join(found)}), with different contents: "
+                    "pass the path of the one you mean, or rename yours")
+  if found:
+    return os.path.abspath(found[0])
+  raise UserError(f"gin file {name!r} does not exist (looked in the working directory, the packaged experiments "
+                  f"{EXPERIMENTS_DIR}{' and ' + ', '.join(extra) if extra else ''}): pass a path or add its "
+                  "directory with --gin_search_paths")
+
+
+def gin_files_of(args) -> list[str]:
+  """A command's --gin_file values, each checked to resolve, after its --gin_search_paths joined
+  the search (parse_gin resolves them the same way)."""
+  use_search_paths(search_paths_flag(getattr(args, "gin_search_paths", "")))
+  for f in args.gin_file:
+    resolve_gin_file(f)
+  return list(args.gin_file)
 
 
 def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
-  """Parses gin files and `NAME=VALUE` bindings; any gin error becomes a one-line UserError."""
+  """Parses gin files and `NAME=VALUE` bindings; any gin error becomes a one-line UserError.
+  Names resolve as resolve_gin_file says; `include 'models/x.gin'` inside a file resolves the same
+  way (the working directory, the packaged experiments, then --gin_search_paths)."""
   gin.clear_config()
-  search = [os.getcwd(), EXPERIMENTS_DIR]
-  resolved = []
-  for f in gin_files:
-    found = [os.path.join(p, f) for p in search if os.path.isfile(os.path.join(p, f))]
-    if not found:
-      raise UserError(f"gin file {f!r} does not exist (looked in the working directory and {EXPERIMENTS_DIR})")
-    resolved.append(os.path.abspath(found[0]))
-  # `include 'models/x.gin'` resolves against experiments/ first (gin logs an error per miss).
-  gin.config._LOCATION_PREFIXES[:] = [EXPERIMENTS_DIR, ""]
+  resolved = [resolve_gin_file(f) for f in gin_files]
   gin_files = resolved
   errors = (ValueError, KeyError, TypeError, SyntaxError, IOError)
   try:

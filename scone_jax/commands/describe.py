@@ -36,7 +36,7 @@ import math
 import jax
 from flax import nnx
 
-from scone_jax import parallel
+from scone_jax import config as C, parallel
 from scone_jax.config import bindings_from_flags
 from scone_jax.models import build_model
 from scone_jax.train import aot
@@ -49,7 +49,7 @@ MODEL_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_head
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
   p.epilog = "gin overrides: --gin.NAME=VALUE (e.g. --gin.FgramConfig.size=100000000), as for `scone-jax train`"
-  p.add_argument("--gin_file", action="append", default=[], required=True, help="gin file (repeatable)")
+  C.add_gin_arguments(p)
   p.add_argument("--topology", default=None,
                  help="TPU slice the run will use (as for `compile`, e.g. v5p-256): hosts and data-parallel "
                       "devices for SCONE's planned A_f FLOPs (default: one host, one device)")
@@ -88,5 +88,5 @@ def describe(gin_files: list[str], bindings: list[str], topology: str | None = N
 
 
 def run(args) -> int:
-  print(json.dumps(describe(args.gin_file, bindings_from_flags(args.extra), args.topology), indent=1))
+  print(json.dumps(describe(C.gin_files_of(args), bindings_from_flags(args.extra), args.topology), indent=1))
   return 0

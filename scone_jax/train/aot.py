@@ -252,7 +252,7 @@ def _oom_numbers(message: str) -> tuple[float, float] | None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
   p.epilog = "gin overrides: --gin.NAME=VALUE (e.g. --gin.MeshConfig.fsdp=64), as for `scone-jax train`"
-  p.add_argument("--gin_file", action="append", default=[], required=True, help="gin file (repeatable)")
+  C.add_gin_arguments(p)
   p.add_argument("--topology", required=True,
                  help="TPU slice: v5p-256, v6e-256, v4-32, v5e-16 (v4/v5p count TensorCores, v5e/v6e chips) "
                       "or libtpu's v5p:4x4x8")
@@ -261,7 +261,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
   topo = parse_topology(args.topology)
-  exp = load_experiment(args.gin_file, bindings_from_flags(args.extra))
+  exp = load_experiment(C.gin_files_of(args), bindings_from_flags(args.extra))
   devices = topology_devices(topo)
   hosts = len({d.process_index for d in devices})
   gen = topo.generation

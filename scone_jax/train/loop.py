@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from scone_jax import experiment, parallel
+from scone_jax import config as C, experiment, parallel
 from scone_jax.config import bindings_from_flags, flag_range
 from scone_jax.data import pipeline
 from scone_jax.errors import UserError
@@ -31,7 +31,7 @@ ACCEPTS_EXTRA = True  # --gin.NAME=VALUE overrides
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--gin_file", action="append", default=[], required=True, help="gin file (repeatable)")
+  C.add_gin_arguments(p)
   p.add_argument("--workdir", required=True, help="run directory (checkpoints, metrics, config.gin)")
   p.add_argument("--coordinator_address", default=None, help="multi-host: HOST:PORT of process 0")
   p.add_argument("--num_processes", type=flag_range(1), default=None)
@@ -56,7 +56,7 @@ def run(args) -> int:
   parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                   heartbeat_timeout_seconds=args.heartbeat_timeout_seconds,
                                   startup_timeout_seconds=args.startup_timeout_seconds, command="train")
-  exp = experiment.load(args.gin_file, bindings_from_flags(args.extra))
+  exp = experiment.load(C.gin_files_of(args), bindings_from_flags(args.extra))
   summary = train(exp, args.workdir, quiet=args.quiet, stop_after=args.stop_after_steps,
                   allow_other_data=args.allow_other_data)
   _log(f"done: step {summary['step']}, validation loss {summary.get('eval_loss', float('nan')):.4f}, "

@@ -1,0 +1,66 @@
+"""The package as a user installs it (issue 11 item 2): a wheel built from this tree carries every
+experiment file, and after a non-editable install into a fresh directory a tiny train started
+from an unrelated working directory finds `--gin_file runs/...` and the files they include; a
+directory of the user's own files joins through --gin_search_paths; `scone-jax --version`."""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from scone_jax import __version__
+from scone_jax.config import EXPERIMENTS_DIR
+from tests.helpers import REPO, make_data, tiny_bindings
+
+
+@pytest.mark.slow
+def test_the_wheel_trains_from_any_directory(tmp_path):
+  wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  subprocess.run([sys.executable, "-m", "pip", "wheel", REPO, "--no-deps", "--no-build-isolation", "-q", "-w",
+                  str(wheels)], check=True, timeout=300, cwd=tmp_path)
+  (wheel,) = glob.glob(str(wheels / "scone_jax-*.whl"))
+  assert os.path.basename(wheel).startswith(f"scone_jax-{__version__}-")
+  # Every experiment file of the tree is in the wheel (listed independently of setup.py's globs).
+  shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".gin")}
+  ours = {"scone_jax/experiments/" + os.path.relpath(p, EXPERIMENTS_DIR)
+          for p in glob.glob(os.path.join(EXPERIMENTS_DIR, "**", "*.gin"), recursive=True)}
+  assert ours and shipped == ours
+  subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), "-q", wheel],
+                 check=True, timeout=300)
+  # The installed copy, not this tree: PYTHONPATH puts it before the editable install.
+  env = {**os.environ, "PYTHONPATH": str(target), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  where = subprocess.run([sys.executable, "-c", "import scone_jax; print(scone_jax.__file__)"], cwd=elsewhere,
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+  assert where.startswith(str(target)), where
+  version = subprocess.run([sys.executable, "-m", "scone_jax.cli", "--version"], cwd=elsewhere, env=env,
+                           capture_output=True, text=True, check=True).stdout
+  assert version.strip() == f"scone-jax {__version__}"
+  data, _ = make_data(str(tmp_path / "data"), docs=40)
+  # The user's own model file, in a directory of theirs, including a packaged one.
+  mine = tmp_path / "my_experiments" / "models"
+  mine.mkdir(parents=True)
+  (mine / "one_layer.gin").write_text("include 'models/tiny.gin'\nModelConfig.num_layers = 1\n")
+  (mine / "small.gin").write_text("ModelConfig.num_layers = 7\n")   # a packaged name, other contents
+  argv = [sys.executable, "-m", "scone_jax.cli", "train", "--gin_file", "models/one_layer.gin", "--gin_file", "runs/cpu.gin",
+          "--gin_search_paths", str(tmp_path / "my_experiments"), "--workdir", str(tmp_path / "run"), "--quiet",
+          *[f"--gin.{b.replace(' = ', '=')}" for b in tiny_bindings(data, 2)]]
+  proc = subprocess.run(argv, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  config = open(tmp_path / "run" / "config.gin").read()
+  assert "ModelConfig.num_layers = 1" in config and "ModelConfig.max_seq_len = 1024" in config   # and tiny's
+  assert os.listdir(elsewhere) == []   # nothing written where it ran
+  # Without the search path the user's file is not found: one line that says what to do.
+  proc = subprocess.run(argv[:argv.index("--gin_search_paths")] + argv[argv.index("--workdir"):], cwd=elsewhere,
+                        env=env, capture_output=True, text=True, timeout=300)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1 and "--gin_search_paths" in lines[0], proc.stderr
+  # A name both packaged and in a search path, with other contents, is refused (no silent shadow).
+  clash = [a if a != "models/one_layer.gin" else "models/small.gin" for a in argv]
+  proc = subprocess.run(clash, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1 and "more than one place" in lines[0], proc.stderr
