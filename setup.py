@@ -25,10 +25,9 @@ setup(
         "tensorstore>=0.1.86",
         "gin-config>=0.5.0",
         # sentencepiece 0.2.2+ is generated with protobuf 7 gencode, while apache-beam and
-        # tensorflow (through seqio) need protobuf < 7: 0.2.1 + protobuf 6.33 coexist.
+        # tensorflow (through the seqio extra) need protobuf < 7: 0.2.1 + protobuf 6.33 coexist.
         "sentencepiece==0.2.1",
         "protobuf>=6.33,<7",
-        "seqio>=0.0.20",
         "tokenizers>=0.20",   # prepare --tokenizer tokenizer.json (Hugging Face byte-level BPE: GPT-2, GPT-NeoX)
         "pyarrow>=20",
         "tensorboardX>=2.6",
@@ -40,6 +39,8 @@ setup(
         # the test extra includes the corpus readers' extras, so that `make install` tests them
         "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "zarr>=3.1", "ruff>=0.17",
                  "datasets>=3.0", "zstandard>=0.22"],
+        # prepare --input seqio:TASK and the `scone_jax_data` seqio task (TensorFlow: ~2 GB, so not in the base install)
+        "seqio": ["seqio>=0.0.20"],
         # prepare --input hf:PATH[:SPLIT] (a Hugging Face datasets dataset: save_to_disk or the local cache)
         "hf": ["datasets>=3.0"],
         # prepare --input FILE.jsonl.zst

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,7 +22,11 @@ from tests.helpers import REPO, make_data, tiny_bindings
 def test_the_wheel_trains_from_any_directory(tmp_path):
   wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
   elsewhere.mkdir()
-  subprocess.run([sys.executable, "-m", "pip", "wheel", REPO, "--no-deps", "--no-build-isolation", "-q", "-w",
+  # Built from a copy of the tree: setuptools writes build/ and egg-info next to the sources.
+  source = tmp_path / "source"
+  shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+      ".venv", ".git", "build", "*.egg-info", "__pycache__", "demo_out", "results", ".*_cache", ".hypothesis"))
+  subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w",
                   str(wheels)], check=True, timeout=300, cwd=tmp_path)
   (wheel,) = glob.glob(str(wheels / "scone_jax-*.whl"))
   assert os.path.basename(wheel).startswith(f"scone_jax-{__version__}-")

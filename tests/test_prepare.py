@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 import sysconfig
 import time
 
@@ -314,3 +315,22 @@ def test_full_stdlib_corpus_round_trips(tmp_path):
   for text in random.Random(0).sample(texts, 50):
     assert processor.decode(processor.encode(text)) == text
   assert set(decoded) <= set(texts)
+
+
+def test_seqio_input_without_the_seqio_extra_says_what_to_install(tmp_path, capsys, monkeypatch):
+  """The base install has no seqio (nor TensorFlow): a seqio: input is a one-line error naming the
+  extra. (Absence simulated the way Python marks a module missing: sys.modules[name] = None.)"""
+  from scone_jax.cli import main
+  from scone_jax.data import seqio_task
+  monkeypatch.setattr(seqio_task, "_seqio", None)
+  monkeypatch.setitem(sys.modules, "seqio", None)
+  out = tmp_path / "out"
+  assert main(["prepare", "--input", "seqio:some_task", "--out", str(out)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "pip install 'scone_jax[seqio]'" in err[0], err
+  assert not out.exists()
+  # Any other input prepares as before, without registering a seqio task.
+  assert main(["prepare", "--input", "builtin:python-stdlib", "--out", str(out), "--vocab_size", "400",
+               "--max_docs", "6"]) == 0
+  assert "seqio task: none (the seqio extra is not installed" in capsys.readouterr().out
+  assert "seqio" not in sys.modules or sys.modules["seqio"] is None

@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
   for split in shards.SPLITS:
     print(f"  {split}: {meta.num_documents[split]} documents, {meta.num_tokens[split]} tokens, "
           f"{meta.num_shards[split]} shards")
-  print(f"seqio task: {result.task_name}")
+  print(f"seqio task: {result.task_name}" if result.task_name else
+        "seqio task: none (the seqio extra is not installed: pip install 'scone_jax[seqio]')")
   return 0
 
 
@@ -193,7 +194,8 @@ def prepare(inputs: list[str] | str, out: str, *, vocab_size: int | None = None,
     meta = _prepare_into(tmp_dir, corpus, bars, given, vocab_size=vocab_size, model_type=model_type,
                          validation_fraction=validation_fraction, num_shards=num_shards,
                          sample_chars=tokenizer_sample_chars, workers=workers)
-  name = seqio_task.register_prepared(out, task_name) if register else None
+  # The seqio task for DATA, where the seqio extra is installed (the base install has no TensorFlow).
+  name = seqio_task.register_prepared(out, task_name) if register and seqio_task.installed() else None
   return PrepareResult(out, meta, name, time.perf_counter() - start)
 
 

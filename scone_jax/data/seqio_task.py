@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
 import random
 import re
@@ -43,15 +44,29 @@ def _quiet_stderr():
       os.close(saved)
 
 
+def installed() -> bool:
+  """Whether the seqio extra is installed (without importing it and TensorFlow)."""
+  if _seqio is not None:
+    return True
+  try:
+    return importlib.util.find_spec("seqio") is not None
+  except ValueError:   # sys.modules["seqio"] is None: marked missing
+    return False
+
+
 def import_seqio():
   """The seqio module, imported on first use (it brings TensorFlow)."""
   global _seqio
   if _seqio is None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _quiet_stderr():
-      import seqio
-      import tensorflow as tf
-      tf.get_logger().setLevel("ERROR")
+    try:
+      with _quiet_stderr():
+        import seqio
+        import tensorflow as tf
+        tf.get_logger().setLevel("ERROR")
+    except ImportError as e:   # the base install has no TensorFlow: seqio is an extra
+      raise UserError(f"seqio inputs and tasks need the seqio extra ({e.name or 'seqio'} is not installed): "
+                      "pip install 'scone_jax[seqio]'") from e
     _seqio = seqio
   return _seqio
 
