@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import os
 from typing import ClassVar
@@ -200,23 +201,44 @@ def gin_files_of(args) -> list[str]:
   return list(args.gin_file)
 
 
+class _NoIncludeMisses(logging.Filter):
+  """Drops gin's log line for an include not found under one search place while it tries the
+  next (gin's resource reader logs every such miss at ERROR; the include is found later or the
+  parse fails with its own error)."""
+
+  def filter(self, record):
+    return not (record.getMessage().startswith("Path not found: ") and record.pathname.endswith("resource_reader.py"))
+
+
+def _string_hint(binding: str) -> str:
+  """For NAME = VALUE with a bare word or path as VALUE: how to quote it on the command line."""
+  name, _, value = binding.partition("=")
+  value = value.strip()
+  if not value or value[0] in "'\"[({-@%0123456789" or value in ("True", "False", "None"):
+    return ""
+  return f"; a string value needs inner quotes: --gin.{name.strip()}=\"'{value}'\""
+
+
 def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
   """Parses gin files and `NAME=VALUE` bindings; any gin error becomes a one-line UserError.
   Names resolve as resolve_gin_file says; `include 'models/x.gin'` inside a file resolves the same
   way (the working directory, the packaged experiments, then --gin_search_paths)."""
   gin.clear_config()
-  resolved = [resolve_gin_file(f) for f in gin_files]
-  gin_files = resolved
+  gin_files = [resolve_gin_file(f) for f in gin_files]
   errors = (ValueError, KeyError, TypeError, SyntaxError, IOError)
+  quiet = _NoIncludeMisses()
+  logging.getLogger().addFilter(quiet)
   try:
     gin.parse_config_files_and_bindings(gin_files, [], finalize_config=False)
   except errors as e:
     raise UserError(f"bad gin configuration: {' '.join(str(e).split())}") from e
+  finally:
+    logging.getLogger().removeFilter(quiet)
   for binding in bindings:
     try:
       gin.parse_config(binding)
     except errors as e:
-      raise UserError(f"bad gin binding {binding!r}: {' '.join(str(e).split())}") from e
+      raise UserError(f"bad gin binding {binding!r}: {' '.join(str(e).split())}{_string_hint(binding)}") from e
 
 
 def bindings_from_flags(extra: list[str]) -> list[str]:

@@ -69,3 +69,17 @@ def test_the_wheel_trains_from_any_directory(tmp_path):
   proc = subprocess.run(clash, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode == 2 and len(lines) == 1 and "more than one place" in lines[0], proc.stderr
+
+
+def test_includes_resolve_from_any_directory_without_log_lines(tmp_path, monkeypatch, caplog):
+  """From a directory holding no experiment files, `include 'runs/cpu_base.gin'` (inside
+  runs/cpu.gin) resolves to the packaged file and gin's per-place misses log nothing."""
+  import gin
+
+  from scone_jax import config as C
+  monkeypatch.chdir(tmp_path)
+  with caplog.at_level("INFO"):
+    C.parse_gin(["models/tiny.gin", "runs/cpu.gin"], ["DATA_DIR = '/nowhere'", "TRAIN_STEPS = 3"])
+  assert not [r for r in caplog.records if "not found" in r.getMessage().lower()], caplog.text
+  assert gin.query_parameter("DataConfig.batch_size") == 8   # set in runs/cpu_base.gin, the include
+  assert os.listdir(tmp_path) == []
