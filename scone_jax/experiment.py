@@ -117,9 +117,11 @@ def load(gin_files: list[str], bindings: list[str], *, data_dir: str | None = No
   return Experiment(model, data, train, mesh, meta, method)
 
 
-def save_operative_config(workdir: str) -> None:
-  """RUN/config.gin: the bindings this run actually used (gin's operative config)."""
+def save_operative_config(workdir: str, header: list[str] = ()) -> None:
+  """RUN/config.gin: the bindings this run actually used (gin's operative config), after comment
+  lines `header` (versions, devices, values resolved from the data)."""
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
-  atomic_write_text(os.path.join(workdir, "config.gin"), gin.operative_config_str())
+  comments = "".join(f"# {line}\n" for line in header)
+  atomic_write_text(os.path.join(workdir, "config.gin"), comments + gin.operative_config_str())

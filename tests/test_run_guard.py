@@ -78,16 +78,40 @@ def test_a_refused_resume_leaves_the_run_usable(env, tmp_path, capsys):
   capsys.readouterr()
   assert main(_train_argv(env["data"], run, "--gin.ModelConfig.vocab_size=128", steps=3, fg=env["fg"])) == 2
   err = _err(capsys)
-  assert len(err) == 1 and "does not match" in err[0] and "params/" in err[0], err
+  assert len(err) == 1 and "another model or data shape: ModelConfig.vocab_size 0 -> 128" in err[0], err
   # As a process of its own: nothing else on stderr, then or at exit (orbax's reader threads,
   # left mid-read by a failed restore, printed "Event loop is closed" tracebacks after it).
   argv = _train_argv(env["data"], run, "--gin.ModelConfig.d_ff=96", steps=3, fg=env["fg"])
   proc = subprocess.run([sys.executable, "-m", "scone_jax.cli", *argv], cwd=REPO, capture_output=True, text=True,
                         timeout=240)
   lines = proc.stderr.strip().splitlines()
-  assert proc.returncode == 2 and len(lines) == 1 and "does not match" in lines[0], proc.stderr[-3000:]
+  assert proc.returncode == 2 and len(lines) == 1 and "ModelConfig.d_ff 64 -> 96" in lines[0], proc.stderr[-3000:]
+  # Without its config.gin the checkpoint's own shapes refuse it, before orbax reads (one line too).
+  os.remove(os.path.join(run, "config.gin"))
+  proc = subprocess.run([sys.executable, "-m", "scone_jax.cli", *argv], cwd=REPO, capture_output=True, text=True,
+                        timeout=240)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1 and "does not match" in lines[0] and "params/" in lines[0], (
+      proc.stderr[-3000:])
+  with open(os.path.join(run, "config.gin"), "w") as f:
+    f.write(config)
   assert open(os.path.join(run, "config.gin")).read() == config
   assert main(["eval", "--workdir", run, "--max_batches", "1", "--format", "json"]) == 0
+
+
+def test_a_resume_with_other_steps_and_logging_is_recorded(env, tmp_path, capsys):
+  """Steps, logging and evaluation may change on resume: config.gin takes the new values and
+  RUN/config_changes.jsonl records what changed from which step."""
+  run = str(tmp_path / "run")
+  shutil.copytree(env["run"], run)
+  saved = open(os.path.join(run, "config.gin")).read()
+  assert "TRAIN_STEPS = 2" in saved and "jax " in saved.splitlines()[0]   # versions and devices in the header
+  assert main(_train_argv(env["data"], run, "--gin.TrainConfig.log_every=2", steps=4, fg=env["fg"])) == 0
+  config = open(os.path.join(run, "config.gin")).read()
+  assert "TRAIN_STEPS = 4" in config and "TrainConfig.log_every = 2" in config
+  (record,) = [json.loads(line) for line in open(os.path.join(run, "config_changes.jsonl"))]
+  assert record == {"resumed_at_step": 2, "changes": {"TRAIN_STEPS": {"was": "2", "now": "4"},
+                                                      "TrainConfig.log_every": {"was": "1", "now": "2"}}}
 
 
 def test_a_rebuilt_fgram_file_is_refused_by_eval_generate_and_export(env, tmp_path, capsys):

@@ -13,16 +13,17 @@ import signal
 import threading
 import time
 
+import gin
 import jax
 import numpy as np
 
-from scone_jax import config as C, experiment, parallel
+from scone_jax import __version__, config as C, experiment, parallel
 from scone_jax.config import bindings_from_flags, flag_range
 from scone_jax.data import pipeline
 from scone_jax.errors import UserError
 from scone_jax.files import atomic_write_json
 from scone_jax.outputs import check_output
-from scone_jax.train import evaluate, identity, metrics as M
+from scone_jax.train import drift, evaluate, identity, metrics as M
 from scone_jax.train.checkpoint import Checkpoints
 from scone_jax.train.optimizer import schedule
 from scone_jax.train.state import make_trainer
@@ -114,16 +115,21 @@ def _train(exp, workdir: str, mesh, trainer, acct, current: dict, *, quiet: bool
   data_iter = iter(pipeline.make_dataset(exp.pipeline_spec("train", batch_devices=trainer.batch_devices)))
   ckpt = Checkpoints(workdir, cfg)
   start = ckpt.latest_step()
+  changes = {}
   if start is not None:
+    changes = drift.check(workdir, gin.operative_config_str(), start)   # a changed model or shape: refused
     state = ckpt.restore(start, trainer.abstract_state(), data_iter)
-    _log(f"resumed from step {start}", quiet)
+    _log(f"resumed from step {start}" + (f" with changed {', '.join(changes)}" if changes else ""), quiet)
   else:
     state = trainer.init()
     start = 0
   # Accepted: only now is the run's record rewritten (a refused resume leaves RUN as it was).
-  experiment.save_operative_config(workdir)
+  experiment.save_operative_config(workdir, header=[
+      f"scone_jax {__version__}, jax {jax.__version__}, {jax.device_count()} devices in {jax.process_count()} "
+      f"process(es); resolved from DATA: ModelConfig.vocab_size = {exp.model.vocab_size}"])
   if jax.process_index() == 0:
     identity.write(workdir, current)
+    drift.record(workdir, start, changes)
   writer = M.MetricsWriter(workdir)
   peak, peak_src = M.peak_flops()
   _log(f"peak: {peak / 1e9:,.1f} GFLOP/s ({peak_src})", quiet)
