@@ -10,7 +10,8 @@ setup(
     name="scone_jax",
     version=VERSION,
     description="Pretraining with scalable, offloaded n-gram embeddings (SCONE, LongCat, STEM) in JAX/Flax NNX",
-    packages=find_packages(include=["scone_jax", "scone_jax.*"]),
+    # launch/: the TPU/xpk/SLURM launchers, which `scone-jax sweep` drives (one code path per backend)
+    packages=find_packages(include=["scone_jax", "scone_jax.*", "launch"]),
     # The experiment files (models/, methods/, runs/) ship in the wheel: `--gin_file runs/...` works
     # after a non-editable install, from any working directory (config.EXPERIMENTS_DIR).
     package_data={"scone_jax": ["experiments/*.md", "experiments/*/*.gin"]},

@@ -31,7 +31,7 @@ COMMANDS: dict[str, object] = {
     "store": {
         "verify": ("scone_jax.serve.verify", "read a store once and check every block against its hash"),
     },
-    "sweep": ("scone_jax.sweep", "sweep |V_f|, A_f size and K; collect a results table"),
+    "sweep": ("scone_jax.sweep", "a grid of runs (|V_f|, K, A_f, any gin binding) + baselines: plan, run here or on tpu/xpk/slurm, collect"),
     "demo": ("scone_jax.demo", "the end-to-end demo on the embedded corpus"),
     "compare": ("scone_jax.compare", "baseline, SCONE, n-gram hash and STEM on equal terms: one table and plot"),
     "bench": {

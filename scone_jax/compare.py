@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from scone_jax.cli import main
+from scone_jax.commands import sweep_results
 from scone_jax.data import shards
 from scone_jax.errors import UserError
 
@@ -128,9 +129,10 @@ def _gin_args(method: str, fgram_dir: str) -> list[str]:
 
 def _result(method: str, seed: int, workdir: str) -> dict:
   from scone_jax.train import metrics  # imports JAX: only after run() has set XLA_FLAGS
-  with open(os.path.join(workdir, "summary.json")) as f:
-    summary = json.load(f)
-  acct = summary["accounting"]
+  run = sweep_results.read_run(workdir)   # the sweep's collector: the run's own files
+  if run.status != "done":
+    raise UserError(f"run {workdir!r} is {run.status} ({run.note}): rerun `scone-jax compare` to resume it")
+  summary, acct = run.summary, run.accounting
   losses = [(r["step"], r["loss"]) for r in metrics.read(workdir, "train")]
   return {"method": method, "seed": seed, "eval_loss": summary["eval_loss"], "eval_perplexity": summary["eval_perplexity"],
           "resident_params": acct["resident_params"], "training_params": acct["training_params"],
@@ -287,6 +289,16 @@ def _git(*argv: str) -> str:
 
 
 def _plot(path: str, table: list[dict], results: list[dict]) -> None:
+  import matplotlib.pyplot as plt
+  fig = figure(table, results)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def figure(table: list[dict], results: list[dict]):
+  """Training loss of the first seed, and validation perplexity per method: mean +- std over the
+  seeds as points with error bars, the baseline as a band, the y-axis from sweep_results.y_limits
+  (a rounded value below the lowest point minus its error: differences are not blown up)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -297,14 +309,26 @@ def _plot(path: str, table: list[dict], results: list[dict]) -> None:
       ax_loss.plot(steps, losses, marker="o", ms=3, label=r["method"])
   ax_loss.set(xlabel="step", ylabel="train loss", title=f"training loss (seed {results[0]['seed']})")
   ax_loss.legend()
-  names = [r["method"] for r in table]
-  ax_ppl.bar(names, [r["eval_perplexity"] for r in table], yerr=[r["eval_perplexity_std"] for r in table],
-             color=["C0", "C1", "C2", "C3"][:len(names)])
-  ax_ppl.set(ylabel="validation perplexity", title="validation perplexity (lower is better)")
-  low = min(r["eval_perplexity"] for r in table)
-  ax_ppl.set_ylim(bottom=low * 0.9)
+  means = [r["eval_perplexity"] for r in table]
+  stds = [r["eval_perplexity_std"] for r in table]
+  lows, highs = [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)]
+  base = next((r for r in table if r["method"] == "baseline"), None)
+  if base is not None:
+    ax_ppl.axhspan(base["eval_perplexity"] - base["eval_perplexity_std"],
+                   base["eval_perplexity"] + base["eval_perplexity_std"], color="k", alpha=0.1)
+    ax_ppl.axhline(base["eval_perplexity"], color="k", linestyle="--", linewidth=1, label="baseline (mean ± std)")
   for i, r in enumerate(table):
-    ax_ppl.text(i, r["eval_perplexity"], f"{r['eval_perplexity']:.2f}", ha="center", va="bottom")
+    ax_ppl.errorbar([i], [r["eval_perplexity"]], yerr=[r["eval_perplexity_std"]], marker="o", capsize=4,
+                    color=f"C{i}", linestyle="none")
+    ax_ppl.annotate(f"{r['eval_perplexity']:.2f}", (i, r["eval_perplexity"]), textcoords="offset points",
+                    xytext=(8, 0), va="center")
+  ax_ppl.set_xticks(range(len(table)), [r["method"] for r in table])
+  ax_ppl.set_xlim(-0.5, len(table) - 0.5)
+  ax_ppl.set_ylim(*sweep_results.y_limits(lows, highs))
+  seeds = len(table[0]["seeds"]) if table else 0
+  ax_ppl.set(ylabel="validation perplexity (lower is better)",
+             title=f"validation perplexity, mean ± std over {seeds} seed(s)")
+  if base is not None:
+    ax_ppl.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  return fig

@@ -42,6 +42,11 @@ def test_the_wheel_trains_from_any_directory(tmp_path):
   where = subprocess.run([sys.executable, "-c", "import scone_jax; print(scone_jax.__file__)"], cwd=elsewhere,
                          env=env, capture_output=True, text=True, check=True).stdout.strip()
   assert where.startswith(str(target)), where
+  # The launchers that `scone-jax sweep` drives come with it.
+  launchers = subprocess.run([sys.executable, "-c", "import launch.tpu_pod, launch.xpk, launch.slurm; "
+                              "print(launch.tpu_pod.__file__)"], cwd=elsewhere, env=env, capture_output=True,
+                             text=True, check=True).stdout.strip()
+  assert launchers.startswith(str(target)), launchers
   version = subprocess.run([sys.executable, "-m", "scone_jax.cli", "--version"], cwd=elsewhere, env=env,
                            capture_output=True, text=True, check=True).stdout
   assert version.strip() == f"scone-jax {__version__}"

@@ -1,5 +1,5 @@
 """launch/: the commands each launcher prints with --dry-run, the sbatch script's shell logic, the
-sweep's expansion, and what happens when a binary is missing.
+sweep alias, and what happens when a binary is missing.
 
 gcloud, xpk, sbatch, srun and scontrol are external cluster tools; where a test must execute
 them it puts a small stub on PATH that records its argv. `scone-jax` itself is never stubbed:
@@ -7,10 +7,10 @@ the SLURM task script is run with bash's `exec` replaced by a function that prin
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -362,123 +362,63 @@ def test_slurm_submits_the_printed_script(tmp_path, capsys):
   assert last == f"python -m launch.slurm: error: exit status 1 from: sbatch {script_path}"
 
 
-# ---- sweep -------------------------------------------------------------------------------------
+# ---- sweep: an alias of `scone-jax sweep` (tests/test_sweep.py tests the command) ----------------
 
-def test_sweep_is_the_cartesian_product(tmp_path, capsys):
-  grid = {"fgram.size": ["65536", "262144", "1048576"],
-          "model/fgram_model.num_layers": ["2", "4"],
-          "opt.name": ["'adam'", "'sgd'"]}
-  base = str(tmp_path / "sw")
-  argv = ["--gin_file", "e.gin", "--gin.TRAIN_STEPS=10", "--workdir", base]
-  for name, values in grid.items():
-    argv += ["--grid", f"{name}=[{', '.join(values)}]"]
-  steps = dry_run(sweep, argv, capsys)
-  (_, manifest_path, manifest_text), runs = steps[0], commands(steps[1:])
-  assert manifest_path == os.path.join(base, "manifest.json")
-  manifest = json.loads(manifest_text)
-
-  expected = [dict(zip(grid, point)) for point in itertools.product(*grid.values())]
-  assert [run["overrides"] for run in manifest["runs"]] == expected
-  assert len(runs) == len(expected) == 12
-  names = [run["name"] for run in manifest["runs"]]
-  assert len(set(names)) == len(names)
-  assert names[0] == "size=65536,num_layers=2,name=adam"
-  for run, argv_run, overrides in zip(manifest["runs"], runs, expected):
-    assert run["workdir"] == f"{base}/{run['name']}"
-    assert argv_run == ["scone-jax", "train", "--gin_file", "e.gin", "--gin.TRAIN_STEPS=10",
-                        *[f"--gin.{k}={v}" for k, v in overrides.items()],
-                        "--workdir", run["workdir"]]
-  assert manifest["base_overrides"] == {"TRAIN_STEPS": "10"}
-  assert not os.path.exists(base)  # dry run
+SWEEP = ["--gin_file", "models/tiny.gin", "--gin_file", "runs/cpu.gin", "--gin.FgramConfig.max_n=3",
+         "--gin.ModelConfig.vocab_size=64", "--min_count", "2", "--axis", "FgramConfig.size=8",
+         "--axis", "FgramConfig.num_layers=1,2,3", "--baselines", "none"]
 
 
-@pytest.mark.parametrize("suffix", [".json", ".yaml"])
-def test_sweep_grid_file(suffix, tmp_path, capsys):
-  grid = {"fgram.size": [65536, 262144], "opt.name": ["'adam'"], "flag.on": [True, False],
-          "lr.value": [0.001], "dims.shape": [[1, 2]]}
-  path = tmp_path / f"grid{suffix}"
-  if suffix == ".json":
-    path.write_text(json.dumps(grid))
-  else:
-    import yaml
-    path.write_text(yaml.safe_dump(grid, sort_keys=False))
-  steps = dry_run(sweep, ["--gin_file", "e.gin", "--grid_file", str(path),
-                          "--workdir", "gs://b/sw"], capsys)
-  assert steps[0][1] == "sweep-sw.json"  # a URL base: manifest written here
-  manifest = json.loads(steps[0][2])
-  assert manifest["grid"] == {"fgram.size": ["65536", "262144"], "opt.name": ["'adam'"],
-                              "flag.on": ["True", "False"], "lr.value": ["0.001"],
-                              "dims.shape": ["[1, 2]"]}
-  assert len(manifest["runs"]) == 4
-  assert manifest["runs"][1]["workdir"] == "gs://b/sw/size=65536,name=adam,on=False," \
-                                           "value=0.001,shape=1_2"
+def test_sweep_is_an_alias_of_scone_jax_sweep(tmp_path, capsys):
+  result = run_module("sweep", ["--help"])
+  assert result.returncode == 0 and "usage: scone-jax sweep" in result.stdout and "--axis" in result.stdout
+  assert sweep.main(["--gin_file", "e.gin", "--grid", "a.b=[1]", "--workdir", "w", "--out", "o"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "unrecognized arguments" in err and "--grid" in err
+  steps = dry_run(sweep, [*SWEEP, "--data", str(tmp_path / "d"), "--out", "gs://b/sw", "--backend", "tpu",
+                          "--name", "t", "--zone", "z"], capsys)
+  steps = [step for step in steps if step[0] == "file" or step[1][:1] != ["#"]]   # the plan's comments
+  assert steps[0][:2] == ("file", "sweep-sw.json")
+  runs = [remote_train_words(step[1][-1]) for step in steps[2:]]
+  assert [r[-1] for r in runs] == [f"gs://b/sw/runs/size=8,num_layers={n},seed=0" for n in (1, 2, 3)]
 
 
-def test_sweep_value_splitting_and_name_collisions(capsys):
-  assert sweep.split_values("[(1, 2), (3, 4)]") == ["(1, 2)", "(3, 4)"]
-  assert sweep.split_values("['a,b', \"c]\", @f]") == ["'a,b'", '"c]"', "@f"]
-  assert sweep.split_values("1,2") == ["1", "2"]
-  steps = dry_run(sweep, ["--gin_file", "e.gin", "--grid", "a.size=[1]", "--grid",
-                          "b/c.size=[2,3]", "--workdir", "/tmp/never"], capsys)
-  names = [run["name"] for run in json.loads(steps[0][2])["runs"]]
-  assert names == ["a.size=1,b.c.size=2", "a.size=1,b.c.size=3"]
-
-
-@pytest.mark.parametrize("argv,message", [
-    (["--grid", "a.x=[1]", "--grid", "a.x=[2]"], "given twice"),
-    (["--grid", "a.x=[1]", "--gin.a.x=3"], "both a grid axis"),
-    ([], "no grid"),
-    (["--grid", "a.x=[1,,2]"], "empty value"),
-    (["--grid", "a.x=['1]"], "unclosed"),
-    (["--grid", "9bad=[1]"], "not a gin binding name"),
-    (["--grid", "a.x=[1,2]", "--backend", "tpu", "--name", "t", "--zone", "z", "--detach"],
-     "--detach"),
-])
-def test_sweep_errors(argv, message, capsys):
-  assert sweep.main(["--gin_file", "e.gin", "--workdir", "/tmp/never", *argv,
-                     "--dry-run"]) == 2
-  err = capsys.readouterr().err
-  assert message in err and len(err.strip().splitlines()) == 1
-
-
-def test_sweep_backends(tmp_path, capsys):
-  common = ["--gin_file", "e.gin", "--grid", "fgram.size=[1,2]", "--workdir", "gs://b/sw"]
-  steps = commands(dry_run(sweep, ["--backend", "xpk", "--cluster", "c", "--workload", "sw",
-                                   "--tpu_type", "v5p-256", "--docker_image", "img", *common],
-                           capsys)[1:])
-  assert [argv[4] for argv in steps] == ["--workload=sw-0", "--workload=sw-1"]
-  assert shlex.split(steps[1][-1]) == ["scone-jax", "train", "--gin_file", "e.gin",
-                                       "--gin.fgram.size=2", "--workdir", "gs://b/sw/size=2"]
-
-  steps = commands(dry_run(sweep, ["--backend", "tpu", "--name", "t", "--zone", "z", *common],
-                           capsys)[1:])
-  assert [remote_train_words(argv[-1])[-1] for argv in steps] == ["gs://b/sw/size=1",
-                                                                   "gs://b/sw/size=2"]
-  assert "scone_logs/size=2.log" in steps[1][-1]
-
-  steps = dry_run(sweep, ["--backend", "slurm", "--script_dir", str(tmp_path), *common],
-                  capsys)[1:]
-  assert [step[0] for step in steps] == ["file", "cmd", "file", "cmd"]
-  assert steps[3][1] == ["sbatch", str(tmp_path / "scone-size=2.sbatch")]
-  assert "#SBATCH --job-name=scone-size=2" in steps[2][2]
+def test_sweep_missing_binary_is_one_line(tmp_path):
+  # PATH: `test` and scone-jax (what the f-gram build step needs), no gcloud.
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  os.symlink(shutil.which("test"), bin_dir / "test")
+  os.symlink(os.path.join(os.path.dirname(sys.executable), "scone-jax"), bin_dir / "scone-jax")
+  argv = [*SWEEP, "--data", str(tmp_path / "d"), "--out", str(tmp_path / "sw"), "--backend", "tpu",
+          "--name", "t", "--zone", "z"]
+  result = run_module("sweep", argv, {"PATH": str(bin_dir)})
+  assert result.returncode == 2 and result.stdout == ""
+  [line] = result.stderr.strip().splitlines()
+  assert line.startswith("scone-jax sweep: error: `gcloud` not found on PATH; install the Google Cloud CLI"), line
+  assert os.listdir(tmp_path) == ["bin"]  # nothing written before the check
 
 
 @pytest.mark.parametrize("keep_going,runs_started,status", [(False, 1, 5), (True, 3, 5)])
-def test_sweep_stops_at_first_failure_unless_keep_going(keep_going, runs_started, status,
-                                                        tmp_path):
+def test_sweep_stops_at_first_failure_unless_keep_going(keep_going, runs_started, status, tmp_path,
+                                                        tiny_corpus):
   calls = tmp_path / "calls"
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   # The first run fails with status 5, the others succeed.
   write_stub(bin_dir, "gcloud", f'#!/bin/bash\necho run >> {calls}\n'
                                 f'[[ $(wc -l < {calls}) == 1 ]] && exit 5\nexit 0\n')
-  argv = ["--backend", "tpu", "--name", "t", "--zone", "z", "--gin_file", "e.gin",
-          "--grid", "a.b=[1,2,3]", "--workdir", "gs://b/sw",
-          "--manifest", str(tmp_path / "m.json")] + (["--keep_going"] if keep_going else [])
-  result = run_module("sweep", argv, dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
-  assert result.returncode == status
+  out = tmp_path / "sw"
+  # The f-grams exist already: the sweep's `test -f FG/meta.json || scone-jax fgrams build` skips.
+  from scone_jax.cli import main
+  assert main(["fgrams", "build", "--data", tiny_corpus, "--max_n", "3", "--size", "8", "--min_count", "2",
+               "--out", str(out / "fgrams" / "k3_s8_c2")]) == 0
+  argv = [*SWEEP, "--data", tiny_corpus, "--out", str(out), "--backend", "tpu", "--name", "t", "--zone", "z"]
+  argv += ["--keep_going"] if keep_going else []
+  path = f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}"
+  result = run_module("sweep", argv, dict(os.environ, PATH=path))
+  assert result.returncode == status, result.stderr
   assert len(calls.read_text().splitlines()) == runs_started
-  assert len(json.loads((tmp_path / "m.json").read_text())["runs"]) == 3
+  assert len(json.loads((out / "sweep.json").read_text())["runs"]) == 3
 
 
 # ---- every launcher ----------------------------------------------------------------------------
@@ -487,7 +427,6 @@ MISSING = [
     ("tpu_pod", ["delete", "--name", "t", "--zone", "z"], "gcloud"),
     ("xpk", ["list", "--cluster", "c"], "xpk"),
     ("slurm", ["--gin_file", "a.gin", "--workdir", "w", "--script_dir", "{tmp}/s"], "sbatch"),
-    ("sweep", ["--gin_file", "a.gin", "--grid", "a.b=[1]", "--workdir", "{tmp}/sw"], "scone-jax"),
 ]
 
 
@@ -502,7 +441,7 @@ def test_missing_binary_is_one_line(module, argv, binary, tmp_path):
   assert os.listdir(tmp_path) == ["empty"]  # nothing written before the check
 
 
-@pytest.mark.parametrize("module", ["tpu_pod", "xpk", "slurm", "sweep"])
+@pytest.mark.parametrize("module", ["tpu_pod", "xpk", "slurm"])
 def test_help_and_bad_flags(module):
   result = run_module(module, ["--help"])
   assert result.returncode == 0 and "usage: python -m launch." in result.stdout

@@ -168,3 +168,9 @@ def test_a_second_writer_is_refused_and_a_dead_holder_frees_the_lock(env, tmp_pa
       holder.kill()
   t0 = time.time()
   assert main(_train_argv(env["data"], run, steps=3, fg=env["fg"])) == 0, time.time() - t0
+
+
+def test_drift_reads_gin_wrapped_values():
+  from scone_jax.train import drift
+  text = "# header\nDIR = \\\n    '/a/very/long/path'\nX.b = [1,\n     2]\nX.c = %DIR\n"
+  assert drift.bindings(text) == {"DIR": "'/a/very/long/path'", "X.b": "[1, 2]", "X.c": "%DIR"}

@@ -39,9 +39,9 @@ def bindings(text: str) -> dict[str, str]:
     m = _LINE.match(line)
     if m and not line[0].isspace():
       name = m.group(1)
-      out[name] = m.group(2).strip()
+      out[name] = m.group(2).strip().rstrip("\\").rstrip()   # gin wraps a long value after `NAME = \`
     elif name is not None:
-      out[name] = f"{out[name]} {line.strip()}"
+      out[name] = f"{out[name]} {line.strip()}".strip()
   return out
 
 
