@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip wheel setuptools
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,beam,tpu,seqio]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,beam,tpu,seqio,plots]'
 	touch $(STAMP)
 
 demo: install

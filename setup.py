@@ -33,13 +33,14 @@ setup(
         "pyarrow>=20",
         "tensorboardX>=2.6",
         "rich>=13",
-        "matplotlib>=3.8",
         "numpy>=2.0",
     ],
     extras_require={
         # the test extra includes the corpus readers' extras, so that `make install` tests them
         "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "zarr>=3.1", "ruff>=0.17",
                  "datasets>=3.0", "zstandard>=0.22"],
+        # figures: sweep, compare, bench lookup
+        "plots": ["matplotlib>=3.8"],
         # prepare --input seqio:TASK and the `scone_jax_data` seqio task (TensorFlow: ~2 GB, so not in the base install)
         "seqio": ["seqio>=0.0.20"],
         # prepare --input hf:PATH[:SPLIT] (a Hugging Face datasets dataset: save_to_disk or the local cache)

@@ -32,6 +32,7 @@ from scone_jax.cli import main
 from scone_jax.commands import sweep_results
 from scone_jax.data import shards
 from scone_jax.errors import UserError
+from scone_jax.outputs import pyplot
 
 DEVICES = 4
 METHODS = {   # name -> method overlay gin files, between models/demo.gin and runs/demo.gin
@@ -289,7 +290,7 @@ def _git(*argv: str) -> str:
 
 
 def _plot(path: str, table: list[dict], results: list[dict]) -> None:
-  import matplotlib.pyplot as plt
+  plt = pyplot()
   fig = figure(table, results)
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -299,9 +300,7 @@ def figure(table: list[dict], results: list[dict]):
   """Training loss of the first seed, and validation perplexity per method: mean +- std over the
   seeds as points with error bars, the baseline as a band, the y-axis from sweep_results.y_limits
   (a rounded value below the lowest point minus its error: differences are not blown up)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
   fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(11, 4))
   for r in results:
     if r["seed"] == results[0]["seed"] and r["train_losses"]:

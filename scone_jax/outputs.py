@@ -97,3 +97,15 @@ def _check_writable(out: str, flag: str) -> None:
     raise UserError(f"{flag} {out!r}: {blocker!r} is a file, not a directory; pass a writable path")
   if blocker and not os.access(blocker, os.W_OK | os.X_OK):
     raise UserError(f"{flag} {out!r}: {blocker!r} is not writable; pass a writable path")
+
+
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (files, no display), or a one-line error naming the
+  extra: figures are optional (`pip install 'scone_jax[plots]'`; `make install` has it)."""
+  try:
+    import matplotlib
+  except ImportError as e:
+    raise UserError("figures need the plots extra (matplotlib is not installed): pip install 'scone_jax[plots]'") from e
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt

@@ -88,3 +88,13 @@ def test_includes_resolve_from_any_directory_without_log_lines(tmp_path, monkeyp
   assert not [r for r in caplog.records if "not found" in r.getMessage().lower()], caplog.text
   assert gin.query_parameter("DataConfig.batch_size") == 8   # set in runs/cpu_base.gin, the include
   assert os.listdir(tmp_path) == []
+
+
+def test_figures_without_the_plots_extra_say_what_to_install(monkeypatch):
+  """matplotlib is an extra: without it the figure step is a one-line error naming the extra.
+  (Absence simulated the way Python marks a module missing: sys.modules[name] = None.)"""
+  from scone_jax.errors import UserError
+  from scone_jax.outputs import pyplot
+  monkeypatch.setitem(sys.modules, "matplotlib", None)
+  with pytest.raises(UserError, match=r"pip install 'scone_jax\[plots\]'"):
+    pyplot()

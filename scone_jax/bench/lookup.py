@@ -29,6 +29,7 @@ import numpy as np
 from scone_jax.bench.match import top_fgrams, zipf_stream
 from scone_jax.errors import UserError
 from scone_jax.fgram.vocab import FgramMeta, FgramVocab
+from scone_jax.outputs import pyplot
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 GOAL_BATCH, GOAL_RAM_MS, GOAL_DISK_MS = 16, 0.01, 0.25
@@ -196,9 +197,7 @@ def run(args) -> int:
 
 
 def _plot(results: dict, path: str, lay) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   for tier, color in (("ram", "tab:blue"), ("disk", "tab:orange")):
     ax.plot(BATCHES, [results[tier][b][1] for b in BATCHES], "o-", color=color, label=f"{tier}: match+fetch")

@@ -23,6 +23,7 @@ import os
 import statistics
 
 from scone_jax.errors import UserError
+from scone_jax.outputs import pyplot
 
 # ---- paths: the one place that touches the file system (swap for etils.epath: issue 11) ----------
 
@@ -376,9 +377,7 @@ def _tick_label(v) -> str:
 
 def draw(fig_data: FigureData):
   """The matplotlib Figure of one FigureData (the caller saves and closes it)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
   from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
   fig, ax = plt.subplots(figsize=(6, 4.2))
   lows, highs, xs = [], [], []
@@ -430,7 +429,7 @@ def draw(fig_data: FigureData):
 
 
 def write_figures(out: str, rows: list[dict], axes=()) -> list[FigureData]:
-  import matplotlib.pyplot as plt
+  plt = pyplot()
   figures = figure_data(rows, axes)
   for f in figures:
     fig = draw(f)
