@@ -228,3 +228,37 @@ def test_cli_registers_a_seqio_task_that_decodes(tmp_path, capsys):
   ids = bare.encode(DOCS[1]).ids
   assert vocabulary.encode_tf(tf.constant(DOCS[1])).numpy().tolist() == ids
   assert vocabulary.decode_tf(tf.constant([ids], tf.int32)).numpy()[0].decode() == DOCS[1]
+
+
+@pytest.mark.slow
+def test_scone_trains_evaluates_and_generates_on_gpt2_style_data(tmp_path, capsys):
+  """The paper's tokenizer kind end to end: byte-level BPE data whose BOS is its EOS, f-grams, a
+  tiny SCONE run, eval (bits per byte) and generate. The completion's text is the tokenizers
+  library's own decode of the generated ids (an independent decoder), and the prompt's ids are
+  its encode."""
+  from tests.helpers import tiny_bindings
+  texts = [f"{doc} (copy {i})" for i in range(12) for doc in DOCS]   # repeats: f-grams with counts
+  tok_path = str(tmp_path / "tokenizer.json")
+  train_byte_level_bpe(tok_path, texts)
+  _write_jsonl(tmp_path / "corpus.jsonl", texts)
+  data_dir = str(tmp_path / "data")
+  meta = prepare.prepare([str(tmp_path / "corpus.jsonl")], data_dir, tokenizer=tok_path, validation_fraction=0.2,
+                         register=False).meta
+  assert meta.bos_id == meta.eos_id
+  fg, run = str(tmp_path / "fg"), str(tmp_path / "run")
+  assert cli.main(["fgrams", "build", "--data", data_dir, "--max_n", "3", "--size", "40", "--min_count", "2",
+                   "--out", fg]) == 0
+  binds = tiny_bindings(data_dir, 3) + [f"FGRAM_DIR = '{fg}'", "TrainConfig.eval_batches = 1"]
+  argv = ["train", "--gin_file", "models/tiny.gin", "--gin_file", "methods/scone.gin", "--gin_file", "runs/cpu.gin",
+          *[f"--gin.{b.replace(' = ', '=')}" for b in binds], "--workdir", run, "--quiet"]
+  assert cli.main(argv) == 0
+  capsys.readouterr()
+  assert cli.main(["eval", "--workdir", run, "--format", "json"]) == 0
+  ev = json.loads(capsys.readouterr().out)
+  assert ev["tokens"] > 0 and ev["bits_per_byte"] is not None and ev["bits_per_byte"] > 0
+  prompt = DOCS[0][:20]
+  assert cli.main(["generate", "--workdir", run, "--prompt", prompt, "--max_new_tokens", "6", "--format", "json"]) == 0
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  bare = Tokenizer.from_file(tok_path)
+  assert len(out["tokens"]) == 6
+  assert out["text"] == bare.decode(out["tokens"], skip_special_tokens=False)
