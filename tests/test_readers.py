@@ -372,6 +372,39 @@ def test_spooled_shards_are_byte_identical_and_bounded(tmp_path):
   assert extra < 48, f"spooled shard writing took {extra} MB of extra resident memory"
 
 
+_MANY_SHARDS = """
+import resource, sys, numpy as np
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+from scone_jax.data import spool
+spool.SPOOL_BUDGET = 4096   # many flushes
+rng = np.random.default_rng(1)
+writer = spool.SpooledShardWriter(sys.argv[1], "train", 300, sys.argv[1] + "/.spool")
+for i in range(900):
+  writer.write(np.full(int(rng.integers(0, 40)), i, np.int32))
+writer.close()
+"""
+
+
+def test_spooling_into_more_shards_than_file_descriptors(tmp_path):
+  """300 shards under RLIMIT_NOFILE 64 with the buffer budget forced small: no spool file stays
+  open, and every shard holds its round-robin documents in order (read back one shard at a time)."""
+  from array_record.python.array_record_module import ArrayRecordReader
+
+  from scone_jax.data import shards
+  proc = subprocess.run([sys.executable, "-c", _MANY_SHARDS, str(tmp_path)], capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=REPO), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rng = np.random.default_rng(1)
+  lengths = [int(rng.integers(0, 40)) for _ in range(900)]
+  for index in range(300):
+    reader = ArrayRecordReader(os.path.join(str(tmp_path), shards.shard_name("train", index, 300)))
+    records = reader.read(list(range(reader.num_records())))
+    reader.close()
+    want = [i for i in range(index, 900, 300)]
+    assert [np.frombuffer(r, "<i4").tolist() for r in records] == [[i] * lengths[i] for i in want]
+  assert not os.path.exists(tmp_path / ".spool" / "train")
+
+
 _MEASURE = """
 import json, sys
 from scone_jax.data import prepare
