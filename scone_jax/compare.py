@@ -32,6 +32,7 @@ from scone_jax.cli import main
 from scone_jax.commands import sweep_results
 from scone_jax.data import shards
 from scone_jax.errors import UserError
+from scone_jax.export import layout as L
 from scone_jax.outputs import pyplot
 
 DEVICES = 4
@@ -107,7 +108,7 @@ def run(args) -> int:
       store = None
       if method == "scone":
         store = os.path.join(work, f"store_s{seed}")
-        if not os.path.isfile(os.path.join(store, "manifest.json")):
+        if not _exported(store):
           log.run(["export", "--workdir", workdir, "--out", store])
       results.append(_result(method, seed, workdir))
       runs.setdefault(method, (workdir, store))
@@ -120,6 +121,15 @@ def run(args) -> int:
   _write(out, args, table, results, log, time.time() - t0)
   print(open(os.path.join(out, "table.md")).read())
   return 0
+
+
+def _exported(store: str) -> bool:
+  """A finished export: the manifest is in the group's attributes (export/layout.py, written last)."""
+  path = os.path.join(store, "zarr.json")
+  if not os.path.isfile(path):
+    return False
+  with open(path) as f:
+    return L.MANIFEST_ATTR in json.load(f).get("attributes", {})
 
 
 def _gin_args(method: str, fgram_dir: str) -> list[str]:

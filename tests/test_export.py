@@ -1,7 +1,10 @@
 """`scone-jax export`: the store holds A_f of every f-gram (each computed alone as the reference,
-and by the plain-numpy A_f of tests/reference.py for several block and batch sizes), in every dtype; zarr-python reads what tensorstore wrote; an interrupted export is incomplete,
-resumes and equals an uninterrupted one; the in-memory kvstore works; 2 processes write the same
-store as 1; stores of another checkpoint or f-gram file, or without a manifest, are refused."""
+and by the plain-numpy A_f of tests/reference.py for several block and batch sizes), in every dtype;
+zarr-python 3 opens every store without a warning, finds the manifest in the group attributes
+and its documented recipe (docs/METHODS.md 1.5) gives the RAM tier's rows bit for bit; an
+interrupted export is incomplete, resumes and equals an uninterrupted one; the in-memory kvstore
+works; 2 processes write the same store as 1; stores of another checkpoint or f-gram file, of the
+old format, or without a manifest, are refused."""
 from __future__ import annotations
 
 import dataclasses
@@ -41,7 +44,38 @@ def run(tmp_path_factory, tiny_scone_run):
 
 
 def _read(url: str, name: str) -> np.ndarray:
+  """An array as stored (bfloat16 rows as their uint16 bits)."""
   return ts.open(L.array_spec(url, name), context=L.shared_context()).result().read().result()
+
+
+def _manifest(url: str) -> dict:
+  with open(os.path.join(url, "zarr.json")) as f:
+    return json.load(f)["attributes"][L.MANIFEST_ATTR]
+
+
+def _zarr_rows(group, dtype: str) -> np.ndarray:
+  """docs/METHODS.md 1.5's zarr-python recipe: every row of a store as float numbers."""
+  import ml_dtypes
+  emb = np.asarray(group["embeddings"][:])
+  if dtype == "bfloat16":
+    assert group["embeddings"].attrs["scone_jax_dtype"] == "bfloat16" and emb.dtype == np.uint16
+    return emb.view(ml_dtypes.bfloat16)
+  if dtype == "int8":
+    return np.asarray(group["scales"][:])[:, None] * emb.astype(np.float32)
+  return emb
+
+
+def _zarr_open_strict(url: str):
+  """zarr-python 3 opens the store and lists every member, at every depth, with warnings as errors;
+  returns (group, its attributes)."""
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    group = zarr.open_group(url, mode="r")
+    names = {name for name, _ in group.members(max_depth=None)}
+    attrs = dict(group.attrs)
+  assert {"embeddings", "fgram_tokens", "progress"} <= names, names
+  return group, attrs
 
 
 def _reference_table(loaded) -> np.ndarray:
@@ -68,11 +102,11 @@ def test_export_holds_af_of_every_fgram_and_zarr_reads_it(run, numpy_table):
   np.testing.assert_allclose(table, numpy_table, rtol=1e-4, atol=1e-5)
   tokens = _read(run["store"], "fgram_tokens")
   assert [tuple(int(t) for t in row if t >= 0) for row in tokens] == vocab.as_tuples()
-  group = zarr.open_group(run["store"], mode="r")
+  group, attrs = _zarr_open_strict(run["store"])
   np.testing.assert_array_equal(group["embeddings"][:], table)
   np.testing.assert_array_equal(group["fgram_tokens"][:], tokens)
-  with open(os.path.join(run["store"], "manifest.json")) as f:
-    manifest = json.load(f)
+  manifest = attrs[L.MANIFEST_ATTR]
+  assert attrs[L.MANIFEST_SHA_ATTR] == L.manifest_sha256(manifest) and manifest == _manifest(run["store"])
   assert (manifest["dtype"], manifest["num_rows"], manifest["dim"], manifest["max_n"]) == ("float32", 150, 32, 3)
   assert manifest["fgrams_sha256"] == vocab.meta.parquet_sha256
   assert manifest["checkpoint_sha256"] == params_sha256(loaded.params) and manifest["checkpoint_step"] == 4
@@ -103,11 +137,16 @@ def test_every_dtype_is_the_float32_table_converted(run, dtype):
   lay = L.Layout(150, 32, 3, dtype, ROWS_PER_SHARD, L.inner_rows_for(32, dtype, ROWS_PER_SHARD))
   assert export_table(url, lay, tokens, lengths, AfRows(loaded.trainer, loaded.params, dtype), identity_of(loaded))["complete"]
   full = _read(run["store"], "embeddings")
-  stored = _read(url, "embeddings")
-  L.register_zarr_bfloat16()
-  group = zarr.open_group(url, mode="r")
+  stored = L.as_rows(_read(url, "embeddings"), dtype)
+  group, attrs = _zarr_open_strict(url)
+  assert attrs[L.MANIFEST_ATTR]["dtype"] == dtype and attrs[L.MANIFEST_ATTR] == _manifest(url)
   np.testing.assert_array_equal(group["embeddings"][:].view(np.uint8), stored.view(np.uint8))
+  ram = open_store(url, "ram", expected=identity_of(loaded)).rows(np.arange(150))
+  recipe = _zarr_rows(group, dtype)
+  assert recipe.dtype == ram.dtype
+  np.testing.assert_array_equal(recipe.view(np.uint8), ram.view(np.uint8))   # bit for bit
   rows = open_store(url, "disk", expected=identity_of(loaded)).fetch(np.array([0, 7, 149])).result()
+  np.testing.assert_array_equal(rows.view(np.uint8), ram[[0, 7, 149]].view(np.uint8))
   if dtype == "int8":
     scales = _read(url, "scales")
     np.testing.assert_array_equal(group["scales"][:], scales)
@@ -139,9 +178,10 @@ def test_interrupted_export_is_incomplete_then_resumes(run, capsys):
   cmd = ["export", "--workdir", run["workdir"], "--out", url, "--rows_per_shard", str(ROWS_PER_SHARD)]
   assert main(cmd + ["--stop_after_blocks", "1"]) == 0
   assert "incomplete" in capsys.readouterr().out
-  assert not os.path.exists(os.path.join(url, "manifest.json"))
-  assert len(os.listdir(os.path.join(url, "progress"))) == 2   # config + one block
-  with pytest.raises(UserError, match="no manifest.json"):
+  assert L.MANIFEST_ATTR not in json.load(open(os.path.join(url, "zarr.json")))["attributes"]
+  assert sorted(os.listdir(os.path.join(url, "progress"))) == ["block-00000000", "zarr.json"]   # config + one block
+  _zarr_open_strict(url)   # an unfinished store is a clean zarr hierarchy too
+  with pytest.raises(UserError, match="no manifest.json or scone_jax_manifest attribute"):
     open_store(url, "disk", expected=identity_of(loaded))
   assert main(cmd[:-2] + ["--rows_per_shard", "128"]) == 2   # other settings: refused, not mixed
   assert "--restart" in capsys.readouterr().err
@@ -149,8 +189,7 @@ def test_interrupted_export_is_incomplete_then_resumes(run, capsys):
   assert "2 blocks written, 1 resumed" in capsys.readouterr().out
   for name in ("embeddings", "fgram_tokens"):
     np.testing.assert_array_equal(_read(url, name), _read(run["store"], name))
-  with open(os.path.join(url, "manifest.json")) as a, open(os.path.join(run["store"], "manifest.json")) as b:
-    assert json.load(a) == json.load(b)
+  assert _manifest(url) == _manifest(run["store"])
   assert main(cmd) == 0
   assert "already a complete export" in capsys.readouterr().out
   assert main(cmd + ["--dtype", "float16"]) == 2   # a finished store of other settings needs --restart
@@ -175,6 +214,33 @@ def test_stores_of_another_checkpoint_or_fgram_file_are_refused(run, capsys):
   assert (foreign / "notes.txt").exists()
 
 
+def test_a_store_of_the_old_format_is_refused_until_restarted(run, capsys):
+  """Store format v1 kept its manifest in manifest.json (zarr-python warns about it): readers and
+  export name the format in one line; `export --restart` rewrites it in the current one."""
+  import shutil
+  url = str(run["tmp"] / "store_v1")
+  shutil.copytree(run["store"], url)
+  with open(os.path.join(url, "manifest.json"), "w") as f:
+    json.dump({**_manifest(url), "version": 1}, f)
+  with open(os.path.join(url, "zarr.json"), "w") as f:
+    json.dump(L.group_json({}), f)
+  shutil.rmtree(os.path.join(url, "progress"))
+  os.mkdir(os.path.join(url, "progress"))
+  with open(os.path.join(url, "progress", "config.json"), "w") as f:
+    json.dump({}, f)
+  with pytest.raises(UserError, match="old store format v1"):
+    open_store(url, "disk", expected=identity_of(run["loaded"]))
+  cmd = ["export", "--workdir", run["workdir"], "--out", url, "--rows_per_shard", str(ROWS_PER_SHARD)]
+  capsys.readouterr()
+  assert main(cmd) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "old store format v1" in err[0] and "--restart" in err[0], err
+  assert main(cmd + ["--restart"]) == 0
+  assert not os.path.exists(os.path.join(url, "manifest.json"))
+  _zarr_open_strict(url)
+  assert _manifest(url) == _manifest(run["store"])
+
+
 @pytest.mark.slow
 def test_two_processes_write_the_store_one_process_writes(run):
   """2 processes x 4 CPU devices on the run's (data 2, fsdp 2, tensor 2) mesh, each writing its
@@ -184,12 +250,11 @@ def test_two_processes_write_the_store_one_process_writes(run):
   cmd = [sys.executable, "-m", "scone_jax.cli", "export", "--workdir", run["workdir"], "--out", url,
          "--rows_per_shard", str(ROWS_PER_SHARD), "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2"]
   run_all([(cmd + ["--process_id", str(i)], 4, str(run["tmp"] / f"export_{i}.log")) for i in range(2)])
-  with open(os.path.join(url, "manifest.json")) as a, open(os.path.join(run["store"], "manifest.json")) as b:
-    got, want = json.load(a), json.load(b)
+  got, want = _manifest(url), _manifest(run["store"])
   assert got["checkpoint_sha256"] == want["checkpoint_sha256"]
   np.testing.assert_allclose(_read(url, "embeddings"), _read(run["store"], "embeddings"), rtol=1e-6, atol=1e-7)
   np.testing.assert_array_equal(_read(url, "fgram_tokens"), _read(run["store"], "fgram_tokens"))
-  markers = [json.loads((run["tmp"] / "store_2proc" / "progress" / f).read_text())
+  markers = [json.loads((run["tmp"] / "store_2proc" / "progress" / f / "zarr.json").read_text())["attributes"]["scone_jax_block"]
              for f in sorted(os.listdir(os.path.join(url, "progress"))) if f.startswith("block-")]
   assert [m["rows"] for m in markers] == [[0, 64], [64, 128], [128, 150]]
   assert [m["process"] for m in markers] == [0, 1, 0]   # pending blocks dealt round-robin
@@ -213,7 +278,8 @@ def test_sigkill_during_export_then_rerun_completes(run):
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    if not os.path.exists(os.path.join(url, "manifest.json")):
+    if not os.path.exists(os.path.join(url, "zarr.json")) or L.MANIFEST_ATTR not in json.load(
+        open(os.path.join(url, "zarr.json")))["attributes"]:
       with pytest.raises(UserError):
         open_store(url, "disk", expected=identity_of(run["loaded"]))
   assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0, (seed, delays)

@@ -3,6 +3,8 @@ what the disk tier cannot see) is found and named; `--repair` + the same export 
 that block and the store equals the original again."""
 from __future__ import annotations
 
+import json
+import os
 import shutil
 
 import numpy as np
@@ -47,6 +49,20 @@ def test_a_rewritten_block_is_named_and_the_store_refused(store, capsys):
   assert len(err) == 1 and "blocks [1] (1 of 3)" in err[0] and "--repair" in err[0], err
 
 
+def test_an_edited_manifest_is_refused(store, capsys):
+  """The manifest lives in the group's zarr.json attributes with its sha256: an edit there (here
+  its dtype) is one line, for verify as for every reader."""
+  path = os.path.join(store, "zarr.json")
+  with open(path) as f:
+    group = json.load(f)
+  group["attributes"][L.MANIFEST_ATTR]["dtype"] = "float16"
+  with open(path, "w") as f:
+    json.dump(group, f)
+  assert main(["store", "verify", store]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "the manifest does not match its sha256" in err[0], err
+
+
 @pytest.mark.slow
 def test_repair_then_export_rewrites_only_the_bad_block(store, tiny_scone_run, capsys):
   original = _rows(store)
@@ -55,7 +71,8 @@ def test_repair_then_export_rewrites_only_the_bad_block(store, tiny_scone_run, c
   assert main(["store", "verify", store, "--repair"]) == 2
   assert "rerun the same" in capsys.readouterr().err
   kv = L.open_root(store)
-  assert kv.read(L.MANIFEST).result().state == "missing"
+  assert L.read_attributes(kv, L.GROUP) == {} and L.block_key(2) not in [bytes(k).decode() for k in kv.list().result()]
+  assert not os.path.exists(os.path.join(store, "progress", "block-00000002"))   # no empty group dir left
   assert main(["export", "--workdir", tiny_scone_run["workdir"], "--out", store,
                "--rows_per_shard", str(TINY_ROWS_PER_SHARD)]) == 0
   assert "1 blocks written, 2 resumed" in capsys.readouterr().out

@@ -3,19 +3,22 @@
 A store is a zarr v3 group written by tensorstore; any kvstore works as its root (a local path,
 `file:///dir/`, `memory://`, `gs://bucket/dir/`, `s3://...`):
 
-  zarr.json            the group
-  embeddings/          [S, d] float32 | bfloat16 | float16 | int8, row r = f-gram r's embedding E_f[r]
+  zarr.json            the group; its attributes get the manifest ("scone_jax_manifest", with its
+                       sha256 "scone_jax_manifest_sha256") last: a store without it is incomplete and refused
+  embeddings/          [S, d] float32 | float16 | int8 | bfloat16 stored as uint16 (attribute
+                       "scone_jax_dtype": "bfloat16"), row r = f-gram r's embedding E_f[r]
   scales/              [S] float32, int8 stores only: E_f[r] = scales[r] * embeddings[r]
   fgram_tokens/        [S, K] int32: f-gram r's token ids, right-padded with -1 (the matcher's keys)
-  progress/            the export's bookkeeping: config.json, one block-NNNNNNNN.json per finished block
-  manifest.json        written last: a store without it is incomplete and is refused
+  progress/            the export's bookkeeping, itself zarr groups (no data) so that zarr-python lists the
+                       store without a warning: progress/zarr.json's attributes hold the export's settings,
+                       progress/block-NNNNNNNN/zarr.json's the marker of one finished block
 
 `embeddings` and `scales` use the `sharding_indexed` codec: a shard file holds `rows_per_shard`
 rows (one export block), cut into inner chunks of `inner_rows` rows (about 32 KiB: a random row
 costs one small read, and shards still write at disk speed), stored raw little-endian (f-gram
-embeddings do not compress). `fgram_tokens` has one plain chunk per block. zarr-python reads it
-all; for bfloat16 call `register_zarr_bfloat16()` first (zarr-python 3 has no built-in bfloat16;
-the zarr v3 name is `bfloat16`, as tensorstore writes it).
+embeddings do not compress). `fgram_tokens` has one plain chunk per block. zarr-python 3 opens
+every store as it is (it has no bfloat16 data type, hence uint16 + `np.asarray(a).view(ml_dtypes.bfloat16)`;
+docs/METHODS.md 1.5 has the recipe).
 
 Hashes: a block's hash is the sha256 of its rows' bytes (C order, little-endian, stored dtype);
 an array's hash is the sha256 of its blocks' hex digests joined in block order, so each process
@@ -38,10 +41,19 @@ from scone_jax import native_log
 from scone_jax.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16", "int8")
+DEFAULT_DTYPE = "float32"   # `export --dtype`; the tests' shared store (tests/conftest.py) is exported with it
 ARRAYS = ("embeddings", "scales", "fgram_tokens")
-MANIFEST = "manifest.json"
-PROGRESS_CONFIG = "progress/config.json"
+GROUP = "zarr.json"
+V1_MANIFEST = "manifest.json"   # where store format v1 kept its manifest (refused: re-export)
+V1_KEYS = (V1_MANIFEST, "progress/config.json")
+MANIFEST_ATTR = "scone_jax_manifest"
+MANIFEST_SHA_ATTR = "scone_jax_manifest_sha256"
+DTYPE_ATTR = "scone_jax_dtype"
+CONFIG_ATTR = "scone_jax_export_config"
+BLOCK_ATTR = "scone_jax_block"
+PROGRESS = "progress/zarr.json"
 BLOCK_PREFIX = "progress/block-"
+STORAGE_DTYPES = {"bfloat16": "uint16"}   # zarr v3 data type of a row dtype zarr-python lacks
 INNER_CHUNK_BYTES = 32768
 SHARD_BYTES = 32 << 20
 
@@ -151,6 +163,53 @@ def write_json(kv, key: str, value) -> None:
   kv.write(key, json.dumps(value, indent=2, sort_keys=True).encode()).result()
 
 
+def group_json(attributes: dict) -> dict:
+  """A zarr v3 group's zarr.json."""
+  return {"zarr_format": 3, "node_type": "group", "attributes": attributes}
+
+
+def read_attributes(kv, key: str) -> dict | None:
+  """The attributes of the group whose zarr.json is `key`, or None if there is none."""
+  raw = read_json(kv, key)
+  return None if raw is None else dict(raw.get("attributes") or {})
+
+
+def manifest_sha256(manifest: dict) -> str:
+  """sha256 of a manifest's canonical JSON (sorted keys, no spaces): what the group attributes record."""
+  return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_manifest_attributes(kv, manifest: dict | None) -> None:
+  """Rewrites the root group's zarr.json with the manifest and its sha256 (None: without them)."""
+  attrs = {} if manifest is None else {MANIFEST_ATTR: manifest, MANIFEST_SHA_ATTR: manifest_sha256(manifest)}
+  write_json(kv, GROUP, group_json(attrs))
+
+
+def read_config(kv):
+  """The export settings recorded in progress/zarr.json, or None."""
+  attrs = read_attributes(kv, PROGRESS)
+  return None if attrs is None else attrs.get(CONFIG_ATTR)
+
+
+def write_config(kv, config: dict) -> None:
+  write_json(kv, PROGRESS, group_json({CONFIG_ATTR: config}))
+
+
+def storage_dtype(dtype: str) -> str:
+  """The zarr v3 data type an embeddings array of row dtype `dtype` is stored as."""
+  return STORAGE_DTYPES.get(dtype, dtype)
+
+
+def as_rows(stored: np.ndarray, dtype: str) -> np.ndarray:
+  """Rows read back (stored dtype) -> rows in the row dtype (the same bytes: a view)."""
+  return stored.view(numpy_dtype(dtype)) if dtype in STORAGE_DTYPES else stored
+
+
+def to_storage(rows: np.ndarray, dtype: str) -> np.ndarray:
+  """Rows in the row dtype -> the stored dtype (the same bytes: a view)."""
+  return rows.view(np.dtype(storage_dtype(dtype))) if dtype in STORAGE_DTYPES else rows
+
+
 def inner_rows_for(dim: int, dtype: str, rows_per_shard: int) -> int:
   """Rows per inner chunk: the largest power of two whose chunk fits INNER_CHUNK_BYTES (>= 1),
   dividing rows_per_shard."""
@@ -213,7 +272,7 @@ class Layout:
               "codecs": raw}
     if name == "embeddings":
       shape, chunk, inner, dtype = [self.num_rows, self.dim], [self.rows_per_shard, self.dim], \
-          [self.inner_rows, self.dim], self.dtype
+          [self.inner_rows, self.dim], storage_dtype(self.dtype)
     else:  # scales: 4 bytes a row, so an inner chunk of the same byte size holds more rows
       inner_scales = self.rows_per_shard
       while inner_scales > 1 and inner_scales * 4 > INNER_CHUNK_BYTES:
@@ -223,9 +282,12 @@ class Layout:
         "chunk_shape": inner, "codecs": raw,
         "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
         "index_location": "end"}}
-    return {"shape": shape, "data_type": dtype, "fill_value": 0,
+    meta = {"shape": shape, "data_type": dtype, "fill_value": 0,
             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}},
             "codecs": [sharding]}
+    if name == "embeddings":   # what the numbers are: int8 rows are scaled, uint16 ones are bfloat16 bits
+      meta["attributes"] = {DTYPE_ATTR: self.dtype}
+    return meta
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -238,7 +300,7 @@ def array_spec(url: str, name: str) -> dict:
 def create_arrays(url: str, layout: Layout) -> None:
   """Writes the group and the arrays' metadata (no data) into an empty store."""
   root = open_root(url)
-  write_json(root, "zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": {}})
+  write_json(root, GROUP, group_json({}))
   for name in layout.arrays():
     ts.open({**array_spec(url, name), "metadata": layout.metadata(name)}, create=True, open=True,
             context=shared_context()).result()
@@ -282,16 +344,33 @@ def check_metadata(kv, url: str, layout: "Layout") -> None:
 
 
 def block_key(block: int) -> str:
-  return f"{BLOCK_PREFIX}{block:08d}.json"
+  """The zarr.json of block `block`'s marker group."""
+  return f"{BLOCK_PREFIX}{block:08d}/{GROUP}"
+
+
+def write_marker(kv, block: int, marker: dict) -> None:
+  write_json(kv, block_key(block), group_json({BLOCK_ATTR: marker}))
+
+
+def delete_marker(kv, block: int) -> None:
+  """Removes a block's marker group (its directory too: zarr-python would warn about an empty one)."""
+  folder = f"{BLOCK_PREFIX}{block:08d}/"
+  kv.delete_range(_prefix_range(folder)).result()
+  spec = kv.spec().to_json()
+  if spec.get("driver") == "file":   # tensorstore's file kvstore keeps the emptied directory
+    with contextlib.suppress(OSError):
+      os.rmdir(os.path.join(spec.get("path", ""), folder))
 
 
 def finished_blocks(kv) -> dict[int, dict]:
   """{block: marker} of every block the export recorded as written."""
   out = {}
+  suffix = "/" + GROUP
   for key in kv.list(range=_prefix_range(BLOCK_PREFIX)).result():
     key = bytes(key).decode()
-    out[int(key[len(BLOCK_PREFIX):-len(".json")])] = read_json(kv, key)
-  return out
+    if key.endswith(suffix):
+      out[int(key[len(BLOCK_PREFIX):-len(suffix)])] = (read_attributes(kv, key) or {}).get(BLOCK_ATTR)
+  return {b: m for b, m in out.items() if m is not None}
 
 
 def _prefix_range(prefix: str):
@@ -319,35 +398,3 @@ def combine_hashes(block_hashes: list[str]) -> str:
 def array_sha256(array: np.ndarray, rows_per_shard: int) -> str:
   """The hash of a whole array read back, computed as the exporter does it block by block."""
   return combine_hashes([sha256_of(array[lo:lo + rows_per_shard]) for lo in range(0, len(array), rows_per_shard)])
-
-
-def register_zarr_bfloat16() -> None:
-  """Teaches zarr-python 3 the zarr v3 `bfloat16` data type (numpy dtype from ml_dtypes), so it
-  reads bfloat16 stores. Idempotent. (zarr-python is an optional dependency: imported here.)"""
-  from zarr.core.dtype import data_type_registry
-  from zarr.core.dtype.npy.float import Float16
-  if "bfloat16" in data_type_registry.contents:
-    return
-  bf16 = np.dtype(ml_dtypes.bfloat16)
-
-  @dataclasses.dataclass(frozen=True, kw_only=True)
-  class BFloat16(Float16):
-    dtype_cls = type(bf16)
-    _zarr_v3_name = "bfloat16"
-    _zarr_v2_names = ()
-
-    def to_native_dtype(self):
-      return bf16
-
-    @classmethod
-    def _check_native_dtype(cls, dtype) -> bool:
-      return dtype == bf16
-
-    @classmethod
-    def from_native_dtype(cls, dtype):
-      return cls()
-
-    def _cast_scalar_unchecked(self, data):
-      return bf16.type(data)
-
-  data_type_registry.register("bfloat16", BFloat16)

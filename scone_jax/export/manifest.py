@@ -1,7 +1,8 @@
 """The store's manifest (written last) and the identity a reader checks it against.
 
-`manifest.json` says what the store holds (dtype, d, S, K, the block layout, per-array hashes)
-and what it was made from: the sha256 of the checkpoint's parameters (`checkpoint_sha256`, see
+The manifest (the root group's zarr.json attribute "scone_jax_manifest", next to its sha256
+"scone_jax_manifest_sha256") says what the store holds (dtype, d, S, K, the block layout,
+per-array hashes) and what it was made from: the sha256 of the checkpoint's parameters (`checkpoint_sha256`, see
 train.restore.params_sha256) and of `fgrams.parquet`. A reader that serves a run refuses a store
 whose manifest names another checkpoint or another f-gram file, and a store with no manifest.
 """
@@ -14,7 +15,7 @@ from scone_jax.export import layout as L
 from scone_jax.train.restore import LoadedRun, params_sha256
 
 FORMAT = "scone-jax-fgram-store"
-VERSION = 1
+VERSION = 2   # 2: the manifest in the group attributes, bfloat16 rows stored as uint16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,19 +73,35 @@ class Manifest:
 
 
 def read(kv, url: str) -> Manifest | None:
-  """The store's manifest, or None when there is none (an unfinished or empty store)."""
+  """The store's manifest, or None when there is none (an unfinished or empty store). The
+  manifest's sha256 must match it (an edited or truncated zarr.json is refused)."""
+  where = f"{url}/{L.GROUP}"
   try:
-    raw = L.read_json(kv, L.MANIFEST)
+    attrs = L.read_attributes(kv, L.GROUP)
   except ValueError as e:
-    raise UserError(f"{url}/{L.MANIFEST} is not valid JSON ({e}); re-export with `scone-jax export --restart`") from e
-  return None if raw is None else Manifest.from_json(raw, f"{url}/{L.MANIFEST}")
+    raise UserError(f"{where} is not valid JSON ({e}); re-export with `scone-jax export --restart`") from e
+  raw = None if attrs is None else attrs.get(L.MANIFEST_ATTR)
+  if raw is None:
+    return None
+  if not isinstance(raw, dict) or attrs.get(L.MANIFEST_SHA_ATTR) != L.manifest_sha256(raw):
+    raise UserError(f"{where}: the manifest does not match its sha256 ({L.MANIFEST_SHA_ATTR}): it was edited or "
+                    "corrupted; re-export with `scone-jax export --restart`")
+  return Manifest.from_json(raw, where)
+
+
+def is_v1(kv, url: str) -> bool:
+  """A store of format v1 (before the manifest moved into the group attributes)."""
+  return any(L.wait(kv.read(key), url, f"reading {key}").state == "value" for key in L.V1_KEYS)
 
 
 def require(kv, url: str) -> Manifest:
   manifest = read(kv, url)
-  if manifest is None:
-    raise UserError(f"store {url!r} has no {L.MANIFEST}: it is not a finished export (run or resume "
-                    "`scone-jax export --workdir RUN --out STORE`)")
+  if manifest is None and is_v1(kv, url):
+    raise UserError(f"store {url!r} is in the old store format v1 ({L.V1_MANIFEST}, which zarr-python cannot "
+                    "list cleanly): re-export it with `scone-jax export --restart`")
+  if manifest is None:   # the words "no manifest.json" stay: scripts match them (stores before v2 had that file)
+    raise UserError(f"store {url!r} has no manifest.json or {L.MANIFEST_ATTR} attribute: it is not a finished "
+                    "export (run or resume `scone-jax export --workdir RUN --out STORE`)")
   return manifest
 
 

@@ -6,9 +6,10 @@ block (in `batch_rows` pieces) as one jitted call over the whole mesh (rows spli
 axes, each process feeding the f-grams of its own block), and then writes only its own block —
 so no two processes ever touch one shard file. Writing and hashing run on a thread pool while the
 next block computes. After a block is committed, a marker `progress/block-N.json` with its hashes
-is written; a rerun skips every marked block (resume), `--restart` deletes the store first.
-`manifest.json` is written last, by process 0, once every block is marked: an interrupted
-export never leaves a store that looks complete.
+(a zarr group `progress/block-N/` whose attributes hold its hashes) is written; a rerun skips
+every marked block (resume), `--restart` deletes the store first. The manifest is written last,
+into the root group's attributes, by process 0, once every block is marked: an interrupted export
+never leaves a store that looks complete.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--workdir", required=True, help="a SCONE run directory written by `scone-jax train`")
   p.add_argument("--out", required=True, help="the store: a directory, or a tensorstore kvstore URL "
                  "(file:///dir/, gs://bucket/dir/, memory://)")
-  p.add_argument("--dtype", default="float32", choices=L.DTYPES, help="stored dtype; int8 adds a per-row scale")
+  p.add_argument("--dtype", default=L.DEFAULT_DTYPE, choices=L.DTYPES,
+                 help="stored dtype; int8 adds a per-row scale (default: %(default)s)")
   p.add_argument("--step", type=flag_range(0), default=None, help="checkpoint step (default: newest)")
   p.add_argument("--rows_per_shard", type=flag_range(0), default=0, help="f-grams per shard file / block (0 = about 32 MiB)")
   p.add_argument("--batch_rows", type=flag_range(0), default=0, help="f-grams per process per A_f call (0 = a whole block)")
@@ -176,8 +178,13 @@ def export_table(url: str, layout: L.Layout, tokens: np.ndarray, lengths: np.nda
             "vocab_size": vocab_size}
   summary = dict(complete=False, already_complete=False, blocks_written=0, blocks_skipped=0, bytes_written=0)
   existing = M.read(kv, url)
-  progress_config = L.read_json(kv, L.PROGRESS_CONFIG)
+  progress_config = L.read_config(kv)
   ours = existing is not None or progress_config is not None
+  if not ours and M.is_v1(kv, url):
+    if not restart:
+      raise UserError(f"store {url!r} is in the old store format v1 ({L.V1_MANIFEST}): pass --restart to "
+                      "re-export it in the current format, or pick another --out")
+    ours = True
   if not ours and L.wait(kv.list(), url, "listing it"):
     raise UserError(f"store {url!r} is not empty and holds no scone-jax export: pick an empty or new --out")
   _barrier("export-inspect")
@@ -195,7 +202,7 @@ def export_table(url: str, layout: L.Layout, tokens: np.ndarray, lengths: np.nda
                     "dtype or rows_per_shard): pass --restart to start over")
   if pid == 0 and progress_config is None:
     L.create_arrays(url, layout)
-    L.write_json(kv, L.PROGRESS_CONFIG, config)
+    L.write_config(kv, config)
   _barrier("export-created")
   arrays = L.open_arrays(url, layout.arrays())
   done = L.finished_blocks(kv)
@@ -247,19 +254,20 @@ def _write_block(kv, arrays: dict, layout: L.Layout, block: int, rows: np.ndarra
   """Writes one block's rows, waits for the commit, then records the block's marker. Returns the
   bytes written."""
   lo, hi = layout.block_rows(block)
-  data = {"embeddings": rows, "fgram_tokens": tokens}
+  data = {"embeddings": L.to_storage(rows, layout.dtype), "fgram_tokens": tokens}
   if scales is not None:
     data["scales"] = scales
   futures = [arrays[name][lo:hi].write(value) for name, value in data.items()]
   hashes = {name: L.sha256_of(value) for name, value in data.items()}  # while tensorstore writes
   for f in futures:
     f.result()
-  L.write_json(kv, L.block_key(block), {"block": block, "rows": [lo, hi], "sha256": hashes, "process": process})
+  L.write_marker(kv, block, {"block": block, "rows": [lo, hi], "sha256": hashes, "process": process})
   return sum(v.nbytes for v in data.values())
 
 
 def write_manifest(kv, url: str, layout: L.Layout, identity: M.Identity, step: int, vocab_size: int) -> M.Manifest:
-  """Checks that every block is marked, then writes manifest.json (the last key of an export)."""
+  """Checks that every block is marked, then writes the manifest into the root group's attributes
+  (the last write of an export)."""
   markers = L.finished_blocks(kv)
   missing = [b for b in range(layout.num_blocks) if b not in markers]
   if missing:
@@ -267,5 +275,5 @@ def write_manifest(kv, url: str, layout: L.Layout, identity: M.Identity, step: i
   arrays = {name: L.combine_hashes([markers[b]["sha256"][name] for b in range(layout.num_blocks)])
             for name in layout.arrays()}
   manifest = M.Manifest(layout, identity.checkpoint_sha256, identity.fgrams_sha256, step, vocab_size, arrays)
-  L.write_json(kv, L.MANIFEST, manifest.to_json())
+  L.write_manifest_attributes(kv, manifest.to_json())
   return manifest

@@ -4,7 +4,7 @@
   disk    rows read through tensorstore from a local store, with a bounded cache (cache_bytes)
   remote  the same reader over any other kvstore URL (gs://, s3://, memory://, ...)
 
-Every tier opens only a finished store (manifest.json present) and, given the run's identity,
+Every tier opens only a finished store (the manifest in its group attributes) and, given the run's identity,
 refuses a store of another checkpoint or f-gram file. Opening reads `fgram_tokens` (the matcher
 needs it) and checks its hash; the RAM tier checks the embeddings' hash too (it reads them all
 anyway); the disk and remote tiers read only the rows they are asked for (every chunk has a
@@ -12,7 +12,8 @@ crc32c, and a missing chunk is an error, never a fill value); `scone-jax store v
 (serve/verify.py) reads a whole store once against its block hashes.
 
 `fetch(ids)` takes distinct f-gram ids and returns a Pending whose `result()` is float rows [n, d]
-(the stored float dtype; int8 rows come back dequantized to float32). The disk tier issues one
+(the stored float dtype, bfloat16 for a bfloat16 store although its zarr array holds the bits as
+uint16; int8 rows come back dequantized to float32). The disk tier issues one
 tensorstore read for the whole batch and returns at once, so the caller's host work overlaps it.
 """
 from __future__ import annotations
@@ -96,7 +97,8 @@ class TensorStoreStore(FgramStore):
       return Done(np.zeros((0, self.layout.dim), self.row_dtype))
     rows = Checked(self.arrays["embeddings"][ids].read(), self.url)
     if "scales" not in self.arrays:
-      return rows
+      dtype = self.layout.dtype
+      return Mapped(rows, lambda stored: L.as_rows(stored, dtype)) if dtype in L.STORAGE_DTYPES else rows
     scales = Checked(self.arrays["scales"][ids].read(), self.url)
     return Mapped(rows, lambda q: q.astype(np.float32) * scales.result()[:, None])
 
@@ -124,7 +126,7 @@ def open_store(url: str, tier: str = "ram", *, expected: M.Identity | None = Non
   if verify:
     _verify(url, manifest, "fgram_tokens", fgram_tokens)
   if tier == "ram":
-    embeddings = Checked(arrays["embeddings"].read(), url).result()
+    embeddings = L.as_rows(Checked(arrays["embeddings"].read(), url).result(), lay.dtype)
     scales = Checked(arrays["scales"].read(), url).result() if "scales" in arrays else None
     if verify:
       _verify(url, manifest, "embeddings", embeddings)

@@ -7,7 +7,7 @@ checks: that every block the disk and remote tiers may read still holds the byte
 wrote (a chunk rewritten with a valid crc32c, e.g. by another export over part of the store, or
 a shard file copied from another store). It reads the table once, block by block (at most
 READS_IN_FLIGHT blocks in memory), compares each block with its export marker
-(`progress/block-N.json`) and each array's combined hash with the manifest.
+(the attributes of `progress/block-N/zarr.json`) and each array's combined hash with the manifest.
 
 `--repair` deletes the manifest and the markers of the blocks that failed: the same `export`
 command then rewrites only those blocks and writes a new manifest (a 10^9-row store is not
@@ -115,9 +115,9 @@ def run(args) -> int:
     what = f"blocks {blocks[:8]}{' ...' if len(blocks) > 8 else ''} ({len(blocks)} of {lay.num_blocks}) do not match their hashes"
   if args.repair:
     kv = L.open_root(url)
-    L.wait(kv.write(L.MANIFEST, None), url, "deleting its manifest")
+    L.write_manifest_attributes(kv, None)
     for block in blocks:
-      L.wait(kv.write(L.block_key(block), None), url, "deleting a block marker")
+      L.delete_marker(kv, block)
     raise UserError(f"store {url!r}: {what}; their markers and the manifest are deleted: rerun the same "
                     "`scone-jax export --workdir RUN --out STORE` to rewrite them")
   raise UserError(f"store {url!r}: {what}; pass --repair, then rerun `scone-jax export` to rewrite them "
