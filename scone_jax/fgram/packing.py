@@ -32,6 +32,8 @@ takes a larger one (one more compile), so a batch never stops a run.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 GROWTH = 1.25   # a need above every bucket adds one this much larger
@@ -68,10 +70,29 @@ def trie_nodes(tokens_NxK: np.ndarray, lengths_N: np.ndarray) -> int:
   return int((ln - lcp).sum())
 
 
-def _plan(ln: np.ndarray, lcp: np.ndarray, row_len: int, per_row: int):
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """How a set of distinct f-grams fills rows (`plan`): computed once, read by the row count,
+  the needed slots and `pack`."""
+  order: np.ndarray     # the f-grams' lexicographic order
+  tokens: np.ndarray    # their tokens in that order
+  lengths: np.ndarray
+  lcp: np.ndarray       # each one's longest common prefix with the one before it
+  rows: int
+  row: np.ndarray       # row of each (sorted) f-gram
+  depth0: np.ndarray    # depth of its first node new to its row
+  start: np.ndarray     # slot of that node
+
+  @property
+  def nodes(self) -> int:
+    """The prefix tree's nodes (trie_nodes)."""
+    return int((self.lengths - self.lcp).sum())
+
+
+def plan(tokens_NxK: np.ndarray, lengths_N: np.ndarray, row_len: int, per_row: int) -> Plan:
   """Greedy rows over the sorted f-grams: each takes the slots of its nodes that its row lacks
-  (all of them in a new row). Returns (rows, row of each, first new depth of each, slot of its
-  first new node)."""
+  (all of them in a new row)."""
+  order, st, ln, lcp = _sorted_with_lcp(tokens_NxK, lengths_N)
   n = len(ln)
   row, depth0, start = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
   r, used, outs = -1, row_len + 1, 0
@@ -81,29 +102,28 @@ def _plan(ln: np.ndarray, lcp: np.ndarray, row_len: int, per_row: int):
     row[i], depth0[i], start[i] = r, shared, used
     used += length - shared
     outs += 1
-  return r + 1, row, depth0, start
+  return Plan(order, st, ln, lcp, r + 1, row, depth0, start)
 
 
 def rows_needed(tokens_NxK: np.ndarray, lengths_N: np.ndarray, row_len: int, per_row: int) -> int:
-  _, _, ln, lcp = _sorted_with_lcp(tokens_NxK, lengths_N)
-  return _plan(ln, lcp, row_len, per_row)[0]
+  return plan(tokens_NxK, lengths_N, row_len, per_row).rows
 
 
-def pack(tokens_NxK: np.ndarray, lengths_N: np.ndarray, rows: int, row_len: int, per_row: int
-         ) -> tuple[dict, np.ndarray]:
+def pack(tokens_NxK: np.ndarray, lengths_N: np.ndarray, rows: int, row_len: int, per_row: int,
+         planned: Plan | None = None) -> tuple[dict, np.ndarray]:
   """Packs N distinct f-grams (tokens left-aligned and -1 padded to K, lengths 2..K) into `rows`
-  rows. Returns (the arrays of the module docstring, int32 [N] list index of each f-gram).
-  ValueError if they need more rows."""
+  rows (`planned`: their `plan`, if already made). Returns (the arrays of the module docstring,
+  int32 [N] list index of each f-gram). ValueError if they need more rows."""
   out = {"tokens": np.zeros((rows, row_len), np.int32), "positions": np.zeros((rows, row_len), np.int32),
          "spans": np.tile(np.arange(1, row_len + 1, dtype=np.int32), (rows, 1)),
          "ends": np.zeros((rows, per_row), np.int32)}
   index = np.full(len(lengths_N), -1, np.int32)
   if len(lengths_N) == 0:
     return out, index
-  order, st, ln, lcp = _sorted_with_lcp(tokens_NxK, lengths_N)
-  need, row, depth0, start = _plan(ln, lcp, row_len, per_row)
-  if need > rows:
-    raise ValueError(f"{len(ln)} f-grams need {need} rows of {row_len}, more than {rows}")
+  p = planned or plan(tokens_NxK, lengths_N, row_len, per_row)
+  order, st, ln, row, depth0, start = p.order, p.tokens, p.lengths, p.row, p.depth0, p.start
+  if p.rows > rows:
+    raise ValueError(f"{len(ln)} f-grams need {p.rows} rows of {row_len}, more than {rows}")
   new = ln - depth0
   # every new node of every f-gram: its row, slot and depth
   first = np.repeat(np.cumsum(new) - new, new)

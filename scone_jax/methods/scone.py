@@ -235,10 +235,16 @@ class PackedFgrams:
     if self.row_len < max_n:
       raise UserError(f"FgramConfig.row_len={self.row_len} is shorter than K={max_n}: pass 0 (the default) or >= K")
     self.per_row = packing.outputs_per_row(self.row_len, max_n)
+    self._last = None   # (tokens, their plan): need, slots and packed of one batch sort once
+
+  def _plan(self, tokens: np.ndarray, lengths: np.ndarray) -> packing.Plan:
+    if self._last is None or self._last[0] is not tokens:
+      self._last = (tokens, packing.plan(tokens, lengths, self.row_len, self.per_row))
+    return self._last[1]
 
   def need(self, tokens: np.ndarray, lengths: np.ndarray) -> int:
     """Packed rows the distinct f-grams take."""
-    return packing.rows_needed(tokens, lengths, self.row_len, self.per_row)
+    return self._plan(tokens, lengths).rows
 
   def planned(self, max_distinct: int) -> int:
     """Rows that any max_distinct f-grams fit in (no shared prefixes, all of length K)."""
@@ -247,11 +253,11 @@ class PackedFgrams:
   def slots(self, tokens: np.ndarray, lengths: np.ndarray, size: int) -> tuple[int, int, int, int]:
     """A_f's work: (needed, executed) token slots, (needed, executed) f-gram outputs. Needed
     slots are the nodes of the f-grams' prefix tree: what A_f must compute for them."""
-    return packing.trie_nodes(tokens, lengths), size * self.row_len, len(lengths), size * self.per_row
+    return self._plan(tokens, lengths).nodes, size * self.row_len, len(lengths), size * self.per_row
 
   def packed(self, tokens: np.ndarray, lengths: np.ndarray, size: int, process_index: int):
     """The f-grams packed into `size` rows: (Pending arrays, global list index of each)."""
-    arrays, index = packing.pack(tokens, lengths, size, self.row_len, self.per_row)
+    arrays, index = packing.pack(tokens, lengths, size, self.row_len, self.per_row, self._plan(tokens, lengths))
     offset = process_index * size * self.per_row
     return Done({f"unique_packed_{k}": v for k, v in arrays.items()}), index + offset
 
