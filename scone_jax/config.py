@@ -241,6 +241,30 @@ def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
       raise UserError(f"bad gin binding {binding!r}: {' '.join(str(e).split())}{_string_hint(binding)}") from e
 
 
+def operative_bindings(text: str) -> dict[str, str]:
+  """NAME -> value text of an operative config such as RUN/config.gin (comments dropped; a value
+  gin wrapped onto following lines, after `NAME = \\`, inside brackets or indented, joined with
+  single spaces). Macro references (%NAME) are kept as written."""
+  out: dict[str, str] = {}
+  name, depth, continued = None, 0, False
+  for line in text.splitlines():
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+      continue
+    piece = stripped[:-1].rstrip() if stripped.endswith("\\") else stripped
+    if name is not None and (continued or depth > 0 or line[0].isspace()):
+      out[name] = f"{out[name]} {piece}".strip()
+    else:
+      key, sep, value = piece.partition("=")
+      if not sep:
+        continue
+      name, depth = key.strip(), 0
+      out[name] = value.strip()
+    continued = stripped.endswith("\\")
+    depth += sum(line.count(c) for c in "([{") - sum(line.count(c) for c in ")]}")
+  return out
+
+
 def bindings_from_flags(extra: list[str]) -> list[str]:
   """Turns `--gin.NAME=VALUE` flags into gin binding strings (T5X style)."""
   out = []

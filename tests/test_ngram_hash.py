@@ -146,15 +146,20 @@ def _model(amplification="none", d=48, v=64):
   return NgramHash(cfg, DataConfig(), ncfg, layout).build_model(0), layout
 
 
-@pytest.mark.parametrize("amplification", ["none", "sqrt_d", "layernorm"])
-def test_embedding_equals_dense_reference(amplification):
-  model, layout = _model(amplification)
-  rng = np.random.default_rng(1)
-  rows_in = [_packed_row(rng, 64, 24) for _ in range(2)]
+def _embedded(model, layout, rng, count: int, length: int):
+  """`count` random packed rows of `length`: (inputs [B, L], their hashed rows [B, L, J], the
+  model's input embedding of them)."""
+  rows_in = [_packed_row(rng, 64, length) for _ in range(count)]
   inputs = np.stack([r[0] for r in rows_in]).astype(np.int32)
   seg = np.stack([r[1] for r in rows_in])
   rows = np.stack([ngram_hash.NgramRows(layout)({"inputs": i, "segment_ids": s})["ngram_rows"] for i, s in zip(inputs, seg)])
-  got = np.asarray(model.embed({"inputs": jnp.asarray(inputs), "ngram_rows": jnp.asarray(rows)}))
+  return inputs, rows, np.asarray(model.embed({"inputs": jnp.asarray(inputs), "ngram_rows": jnp.asarray(rows)}))
+
+
+@pytest.mark.parametrize("amplification", ["none", "sqrt_d", "layernorm"])
+def test_embedding_equals_dense_reference(amplification):
+  model, layout = _model(amplification)
+  inputs, rows, got = _embedded(model, layout, np.random.default_rng(1), 2, 24)
   # Reference: one table and one projection per (n, k), in float64.
   emb = model.input_embedding
   T = np.asarray(model.token_embed[...], np.float64)
@@ -179,12 +184,7 @@ def test_amplification_restores_the_token_embeddings_scale(amplification, expect
   1 / sqrt(1 + J) of T's RMS; `sqrt_d` and `layernorm` bring it back (the paper's literal x sqrt(d)
   would give sqrt(192 / 7) = 5.2x)."""
   model, layout = _model(amplification, d=192)
-  rng = np.random.default_rng(4)
-  rows_in = [_packed_row(rng, 64, 64) for _ in range(4)]
-  inputs = np.stack([r[0] for r in rows_in]).astype(np.int32)
-  seg = np.stack([r[1] for r in rows_in])
-  rows = np.stack([ngram_hash.NgramRows(layout)({"inputs": i, "segment_ids": s})["ngram_rows"] for i, s in zip(inputs, seg)])
-  e = np.asarray(model.embed({"inputs": jnp.asarray(inputs), "ngram_rows": jnp.asarray(rows)}))
+  _, _, e = _embedded(model, layout, np.random.default_rng(4), 4, 64)
   token_rms = np.sqrt(np.mean(np.square(np.asarray(model.token_embed[...]))))
   ratio = np.sqrt(np.mean(np.square(e))) / token_rms
   target = 1 / np.sqrt(1 + layout.num_tables) if expected == "shrunk" else expected

@@ -171,6 +171,6 @@ def test_a_second_writer_is_refused_and_a_dead_holder_frees_the_lock(env, tmp_pa
 
 
 def test_drift_reads_gin_wrapped_values():
-  from scone_jax.train import drift
+  from scone_jax.config import operative_bindings
   text = "# header\nDIR = \\\n    '/a/very/long/path'\nX.b = [1,\n     2]\nX.c = %DIR\n"
-  assert drift.bindings(text) == {"DIR": "'/a/very/long/path'", "X.b": "[1, 2]", "X.c": "%DIR"}
+  assert operative_bindings(text) == {"DIR": "'/a/very/long/path'", "X.b": "[1, 2]", "X.c": "%DIR"}

@@ -22,6 +22,7 @@ import math
 import os
 import statistics
 
+from scone_jax import config as C
 from scone_jax.errors import UserError
 from scone_jax.outputs import pyplot
 
@@ -63,25 +64,8 @@ def _value(text: str, macros: dict):
 
 def parse_config(text: str) -> dict:
   """The bindings of an operative gin config: {"Class.field": value, "MACRO": value}, with
-  %MACRO references resolved and literals parsed (values spanning lines joined)."""
-  statements, current, depth = [], "", 0
-  for line in text.splitlines():
-    if not current and (not line.strip() or line.lstrip().startswith("#")):
-      continue
-    piece = line.strip()
-    continued = piece.endswith("\\")   # gin wraps a long value after `NAME = \`
-    if continued:
-      piece = piece[:-1].rstrip()
-    current += (" " if current and piece else "") + piece
-    depth += sum(line.count(c) for c in "([{") - sum(line.count(c) for c in ")]}")
-    if depth <= 0 and not continued:
-      statements.append(current)
-      current, depth = "", 0
-  raw = {}
-  for s in statements:
-    name, sep, value = s.partition("=")
-    if sep:
-      raw[name.strip()] = value.strip()
+  %MACRO references resolved and literals parsed (config.operative_bindings reads the text)."""
+  raw = C.operative_bindings(text)
   macros = {k: _value(v, {}) for k, v in raw.items() if "." not in k}
   return {k: _value(v, macros) for k, v in raw.items()}
 

@@ -16,6 +16,7 @@ import json
 import os
 import re
 
+from scone_jax import config as C
 from scone_jax.errors import UserError
 
 CHANGES = "config_changes.jsonl"
@@ -24,25 +25,6 @@ CHANGES = "config_changes.jsonl"
 REFUSED = ("ModelConfig.", "NgramHashConfig.", "StemConfig.", "DataConfig.seq_len", "DataConfig.batch_size",
            "FgramConfig.num_layers", "FgramConfig.d_model", "FgramConfig.num_heads", "FgramConfig.num_kv_heads",
            "FgramConfig.d_ff", "FgramConfig.size", "FgramConfig.max_n")
-_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:/[\w.]+)*)\s*=\s*(.*)$")
-
-
-def bindings(text: str) -> dict[str, str]:
-  """NAME -> value text of an operative config (comments dropped; a value continued on indented
-  lines joined with single spaces)."""
-  out: dict[str, str] = {}
-  name = None
-  for line in text.splitlines():
-    if not line.strip() or line.lstrip().startswith("#"):
-      name = None if not line.strip() else name
-      continue
-    m = _LINE.match(line)
-    if m and not line[0].isspace():
-      name = m.group(1)
-      out[name] = m.group(2).strip().rstrip("\\").rstrip()   # gin wraps a long value after `NAME = \`
-    elif name is not None:
-      out[name] = f"{out[name]} {line.strip()}".strip()
-  return out
 
 
 def _refused(name: str, macros_of: dict[str, set[str]]) -> bool:
@@ -57,8 +39,8 @@ def check(workdir: str, current_text: str, step: int) -> dict[str, tuple[str | N
   if not os.path.isfile(path):
     return {}
   with open(path) as f:
-    saved = bindings(f.read())
-  now = bindings(current_text)
+    saved = C.operative_bindings(f.read())
+  now = C.operative_bindings(current_text)
   changed = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
   # A macro counts as the bindings that use it (SEQ = 256; DataConfig.seq_len = %SEQ).
   macros_of: dict[str, set[str]] = {}
