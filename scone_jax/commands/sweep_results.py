@@ -174,6 +174,10 @@ def aggregate(runs: list[Run]) -> list[dict]:
       row["loss"], row["loss_std"] = mean_std(r.summary["eval_loss"] for r in done)
       for k in ACCOUNTING:
         row[k] = done[0].accounting.get(k)
+      sightings = [r.summary["fgram_sightings"] / row["fgram_size"] for r in done
+                   if r.summary.get("fgram_sightings") is not None and row.get("fgram_size")]
+      if sightings:   # training positions that used an f-gram's embedding, per f-gram of V_f
+        row["sightings_per_fgram"] = statistics.fmean(sightings)
       if row.get("train_flops_per_token") is not None and row["steps"]:
         row["train_flops"] = row["train_flops_per_token"] * row["steps"] * row["tokens_per_step"]
     rows.append(row)
@@ -221,7 +225,8 @@ def table_md(rows: list[dict], runs: list[Run], axes=(), title: str = "Sweep") -
   extra = [a for a in axes if a not in ("FgramConfig.size", "FgramConfig.max_n", "FgramConfig.num_layers",
                                         "FgramConfig.d_model")]
   head = ["point", "steps", "K", "|V_f|", "A_f layers", "A_f width", *extra, "seeds (done/planned)", "val ppl",
-          "val loss", "train FLOPs", "resident params", "training-only params", "offloaded entries"]
+          "val loss", "sightings / f-gram", "train FLOPs", "resident params", "training-only params",
+          "offloaded entries"]
   lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   order = sorted(rows, key=lambda r: (not r["baseline"], repr(main_key(r, axes)), r["steps"] or 0,
                                       r.get("max_n") or 0, r.get("fgram_size") or 0, r.get("af_layers") or 0,
@@ -231,14 +236,16 @@ def table_md(rows: list[dict], runs: list[Run], axes=(), title: str = "Sweep") -
     cells = [name, _num(r["steps"]), _num(r.get("max_n")), _num(r.get("fgram_size")), _num(r.get("af_layers")),
              _num(r.get("af_width")), *[str(r.get(a)) for a in extra],
              f"{len(r['seeds_done'])}/{len(r['seeds'])}", _pm(r, "perplexity", ".2f"), _pm(r, "loss", ".4f"),
-             _num(r.get("train_flops")), _num(r.get("resident_params")), _num(r.get("training_params")),
+             _num(r.get("sightings_per_fgram")), _num(r.get("train_flops")), _num(r.get("resident_params")), _num(r.get("training_params")),
              _num(r.get("offloaded_entries"))]
     lines.append("| " + " | ".join(cells) + " |")
   unfinished = [r for r in runs if r.status != "done"]
   if unfinished:
     lines += ["", "Runs not finished (not in the means above):", "", "| run | status | why |", "|---|---|---|"]
     lines += [f"| {r.workdir} | {r.status} | {r.note} |" for r in unfinished]
-  lines += ["", "val ppl / val loss: mean ± sample std over the finished seeds (validation split). train FLOPs: "
+  lines += ["", "val ppl / val loss: mean ± sample std over the finished seeds (validation split). sightings / f-gram: "
+            "training positions whose input embedding was an f-gram's (its longest match), over |V_f| (summary.json "
+            "fgram_sightings; mean over seeds). train FLOPs: "
             "steps x tokens per step x training FLOPs per token (docs/METHODS.md 4). Parameters: resident on the "
             "accelerator at inference; training-only (A_f); offloaded table entries (|V_f| x d for SCONE)."]
   return "\n".join(lines) + "\n"

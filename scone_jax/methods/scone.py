@@ -348,7 +348,8 @@ class DistinctFgrams:
     index = np.full(matched.shape, -1, np.int32)
     index[matched] = list_index[inverse]
     return {**batch, "fgram_index": index, **rows.result(),
-            "stat_train_only_work": np.array(self.source.slots(tokens, lengths, size), np.int64)}
+            "stat_train_only_work": np.array(self.source.slots(tokens, lengths, size), np.int64),
+            "stat_fgram_matches": np.array(int(matched.sum()), np.int64)}
 
 
 class FgramDecodeFeatures:

@@ -136,6 +136,7 @@ def _train(exp, workdir: str, mesh, trainer, acct, current: dict, *, quiet: bool
 
   step_fn = None
   work_since = np.zeros(4, np.int64)   # training-only work of the batches since the last log line
+  matches_since = None                 # positions given an f-gram's embedding since then (SCONE)
   last: dict = {}
   t_last, tokens_since = time.perf_counter(), 0.0
   step = start
@@ -145,6 +146,8 @@ def _train(exp, workdir: str, mesh, trainer, acct, current: dict, *, quiet: bool
         local = next(data_iter)
         if "stat_train_only_work" in local:
           work_since = work_since + local["stat_train_only_work"]
+        if "stat_fgram_matches" in local:
+          matches_since = (matches_since or 0) + int(local["stat_fgram_matches"])
         batch = trainer.global_batch(local, dcfg.batch_size)
         if step_fn is None:
           step_fn = trainer.jit_train_step(local)
@@ -152,7 +155,9 @@ def _train(exp, workdir: str, mesh, trainer, acct, current: dict, *, quiet: bool
         step += 1
         stopping = preempt.requested or (stop_after is not None and step - start >= stop_after)
         saving = step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping
-        logging_now = step % cfg.log_every == 0 or step == cfg.steps or step == start + 1
+        # A checkpoint step is logged too, so the per-interval counts (fgram_matches) a resume
+        # continues from cover every step up to its checkpoint.
+        logging_now = step % cfg.log_every == 0 or step == cfg.steps or step == start + 1 or saving
         if logging_now or saving:
           m = jax.device_get(m)
           _check_finite(cfg, m, step, ckpt)
@@ -173,6 +178,9 @@ def _train(exp, workdir: str, mesh, trainer, acct, current: dict, *, quiet: bool
             flops = acct.train_flops_per_token - acct.train_only_flops_per_token + needed
             extra = {"train_only_executed_over_needed": executed / needed}
           work_since = np.zeros(4, np.int64)
+          if matches_since is not None:   # this process's batches stand for every process's, as above
+            extra["fgram_matches"] = matches_since * jax.process_count()
+            matches_since = 0
           values = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "grad_norm": float(m["grad_norm"]),
                     "learning_rate": float(_lr(cfg, step - 1)), "tokens_per_s": tps,
                     "mfu": tps * flops / peak if peak == peak else float("nan"), **extra}
@@ -195,6 +203,10 @@ def _train(exp, workdir: str, mesh, trainer, acct, current: dict, *, quiet: bool
     last.update(step=step, eval_loss=ev["loss"], eval_perplexity=ev["perplexity"])
     last["accounting"] = acct.as_dict()
     last["train_tokens_per_s"] = _mean_train_throughput(workdir)
+    sightings = fgram_sightings(workdir)
+    if sightings is not None:
+      last["fgram_sightings"] = sightings
+    last.pop("fgram_matches", None)
     if jax.process_index() == 0 and step >= cfg.steps:
       atomic_write_json(os.path.join(workdir, "summary.json"), last, indent=2, sort_keys=True)
     return last
@@ -232,6 +244,22 @@ def _mean_train_throughput(workdir: str) -> float:
       values.append(r["tokens_per_s"])
     prev_step = r["step"]
   return sum(values) / len(values) if values else 0.0
+
+
+def fgram_sightings(workdir: str) -> int | None:
+  """Training positions whose input embedding was an f-gram's (its longest match, n >= 2), summed
+  over the run from the `fgram_matches` of its train records; None for a run without f-grams.
+  Each invocation's first record is at its start step + 1 and counts that one batch, so a record
+  at step s drops every earlier record at step >= s (logged past the checkpoint a resume started
+  from, before a crash): the sum counts each trained step once, as the resumed run trained it."""
+  by_step: dict[int, int] = {}
+  for r in M.read(workdir, "train"):
+    if "fgram_matches" not in r:
+      continue
+    for s in [s for s in by_step if s >= r["step"]]:
+      del by_step[s]
+    by_step[r["step"]] = int(r["fgram_matches"])
+  return sum(by_step.values()) if by_step else None
 
 
 def _lr(cfg, step: int) -> float:
