@@ -6,8 +6,6 @@ import itertools
 import json
 import os
 
-import numpy as np
-
 from scone_jax import experiment
 from scone_jax.data import pipeline
 from scone_jax.train import loop, metrics
