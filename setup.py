@@ -34,11 +34,12 @@ setup(
         "tensorboardX>=2.6",
         "rich>=13",
         "numpy>=2.0",
+        "safetensors>=0.6",   # export --format safetensors (the main model and the f-gram table for other frameworks)
     ],
     extras_require={
         # the test extra includes the corpus readers' extras, so that `make install` tests them
         "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "zarr>=3.1", "ruff>=0.17",
-                 "datasets>=3.0", "zstandard>=0.22"],
+                 "datasets>=3.0", "zstandard>=0.22", "gcsfs>=2026.9", "gcp-storage-emulator>=2026.7"],
         # figures: sweep, compare, bench lookup
         "plots": ["matplotlib>=3.8"],
         # prepare --input seqio:TASK and the `scone_jax_data` seqio task (TensorFlow: ~2 GB, so not in the base install)
@@ -49,6 +50,8 @@ setup(
         "zstd": ["zstandard>=0.22"],
         # dask: the DaskRunner; google-apitools: without it every process that imports Beam logs a warning
         "beam": ["apache-beam>=2.77.0", "dask>=2024.4.2", "distributed>=2024.4.2", "google-apitools>=0.5.31"],
+        # gs:// paths (fsspec's GCS filesystem; tensorstore and orbax speak gs:// themselves)
+        "gcs": ["gcsfs>=2026.9"],
         "tpu": ["libtpu>=0.0.51"],
         "cuda": ["jax[cuda12]>=0.10.2"],
     },
