@@ -3,8 +3,10 @@
 One command, one table:
   1. prepare builtin:python-stdlib (|V| = 4096) into WORK/data, or reuse --data
   2. fgrams build (K = --max_n, |V_f| = --fgrams) for SCONE
-  3. train every method on the same main model (models/demo.gin + runs/demo.gin: d 128, 3 layers,
-     d_ff 512, on a 4-device CPU mesh) with the same data order, steps and seed. A method's overlay
+  3. train every method on the same main model (models/demo.gin + --run_file, runs/demo.gin: d 128,
+     3 layers, d_ff 512, on a 4-device CPU mesh) with the same data order, steps and seed (or reuse a
+     sweep's run that is exactly that run: --runs_from); with --baselines equal_steps,equal_flops also
+     a baseline per method at that method's training FLOPs. A method's overlay
      (methods/scone.gin, ngram.gin, stem.gin) adds training-only parameters (A_f)
      or offloadable tables, so what stays on the accelerator at inference is the main model
      (exceptions, printed under the table: the n-gram projections W_t are resident, d^2 in all,
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -55,6 +58,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--max_n", type=int, default=4, help="SCONE's K")
   p.add_argument("--decode_batch", type=int, default=8, help="sequences decoded at once")
   p.add_argument("--decode_tokens", type=int, default=128, help="decode steps per method (all but the first timed)")
+  p.add_argument("--run_file", default="runs/demo.gin",
+                 help="the run file (schedule, mesh) every method trains with; runs/miniature.gin with --devices 1 "
+                      "and --steps 300 is the setting of results/miniature")
+  p.add_argument("--devices", type=int, default=DEVICES, help="fake CPU devices of the training mesh (1: none)")
+  p.add_argument("--baselines", default="equal_steps",
+                 help="equal_steps, or equal_steps,equal_flops: also, per method, a baseline trained the steps at "
+                      "which it has used that method's training FLOPs (from the runs' accounting)")
+  p.add_argument("--runs_from", default=None,
+                 help="a `scone-jax sweep` directory: its finished runs that are exactly a run compare would train "
+                      "(same resolved model, data, schedule, mesh, f-grams and seed: checked) are reused, not retrained")
 
 
 class _Log:
@@ -81,10 +94,16 @@ class _Log:
 
 def run(args) -> int:
   # A sharded mesh on a CPU host: split it into fake devices before JAX starts.
-  if "jax" not in sys.modules:
-    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={DEVICES}")
+  if args.devices < 1:
+    raise UserError(f"--devices {args.devices}: give the number of CPU devices to train on (>= 1)")
+  if "jax" not in sys.modules and args.devices > 1:
+    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={args.devices}")
   if args.steps < 1 or not args.seeds:
     raise UserError("--steps must be >= 1 and --seeds non-empty")
+  wanted = {b.strip() for b in args.baselines.split(",") if b.strip()}
+  if not wanted <= {"equal_steps", "equal_flops"} or "equal_steps" not in wanted:
+    raise UserError(f"--baselines {args.baselines!r}: give equal_steps or equal_steps,equal_flops")
+  reusable = _sweep_runs(args.runs_from) if args.runs_from else []
   work, out = os.path.abspath(args.work), os.path.abspath(args.out)
   os.makedirs(work, exist_ok=True)
   os.makedirs(out, exist_ok=True)
@@ -97,14 +116,28 @@ def run(args) -> int:
   fg = os.path.join(work, f"fgrams_k{args.max_n}_s{args.fgrams}")
   if "scone" in args.methods and not os.path.isfile(os.path.join(fg, "meta.json")):
     log.run(["fgrams", "build", "--data", data, "--max_n", str(args.max_n), "--size", str(args.fgrams), "--out", fg])
-  results, runs = [], {}
+  results, runs, reused = [], {}, []
+
+  def trained(method: str, seed: int, steps: int, name: str) -> str:
+    """The run of `method` at `seed` and `steps`: reused from --runs_from where one is exactly
+    it, else trained (or resumed) in WORK/name."""
+    argv = [*_gin_args(method, fg, args.run_file), f"--gin.DATA_DIR='{data}'", f"--gin.TRAIN_STEPS={steps}",
+            f"--gin.SEED={seed}", "--gin.TrainConfig.eval_batches=0", "--gin.TrainConfig.log_every=10"]
+    workdir = os.path.join(work, name)
+    if os.path.isfile(os.path.join(workdir, "summary.json")):
+      return workdir
+    if reusable and method in ("baseline", "scone"):
+      found = find_same_run(reusable, argv)
+      if found:
+        reused.append(f"{name}: {found}")
+        print(f"=== {name}: reusing the finished sweep run {found} (the same run)", flush=True)
+        return found
+    log.run(["train", *argv, "--workdir", workdir, "--quiet"])
+    return workdir
+
   for seed in args.seeds:
     for method in args.methods:
-      workdir = os.path.join(work, f"run_{method}_s{seed}")
-      if not os.path.isfile(os.path.join(workdir, "summary.json")):
-        log.run(["train", *_gin_args(method, fg), f"--gin.DATA_DIR='{data}'", f"--gin.TRAIN_STEPS={args.steps}",
-                 f"--gin.SEED={seed}", "--gin.TrainConfig.eval_batches=0", "--gin.TrainConfig.log_every=10",
-                 "--workdir", workdir, "--quiet"])
+      workdir = trained(method, seed, args.steps, f"run_{method}_s{seed}")
       store = None
       if method == "scone":
         store = os.path.join(work, f"store_s{seed}")
@@ -112,12 +145,19 @@ def run(args) -> int:
           log.run(["export", "--workdir", workdir, "--out", store])
       results.append(_result(method, seed, workdir))
       runs.setdefault(method, (workdir, store))
+  if "equal_flops" in wanted and "baseline" in args.methods:
+    for method, steps in equal_flops_baselines(results, args.steps).items():
+      for seed in args.seeds:
+        workdir = trained("baseline", seed, steps, f"run_baseline_steps{steps}_s{seed}")
+        results.append({**_result("baseline", seed, workdir), "label": f"baseline, {steps} steps",
+                        "equal_flops_with": method, "steps": steps})
   print("\n=== throughput: train and decode steps of every method, side by side", flush=True)
-  train_speed = train_throughput({m: _gin_args(m, fg) for m in args.methods}, data)
+  train_speed = train_throughput({m: _gin_args(m, fg, args.run_file) for m in args.methods}, data)
   decode_speed = decode_throughput(runs, data, args.decode_batch, args.decode_tokens)
   for r in results:
     r["train_tokens_per_s"], r["decode_tokens_per_s"] = train_speed[r["method"]], decode_speed[r["method"]]
   table = _aggregate(results)
+  args.reused = reused
   _write(out, args, table, results, log, time.time() - t0)
   print(open(os.path.join(out, "table.md")).read())
   return 0
@@ -132,10 +172,80 @@ def _exported(store: str) -> bool:
     return L.MANIFEST_ATTR in json.load(f).get("attributes", {})
 
 
-def _gin_args(method: str, fgram_dir: str) -> list[str]:
-  files = ["models/demo.gin", *METHODS[method], "runs/demo.gin"]
+def _gin_args(method: str, fgram_dir: str, run_file: str = "runs/demo.gin") -> list[str]:
+  files = ["models/demo.gin", *METHODS[method], run_file]
   out = [a for f in files for a in ("--gin_file", f)]
   return out + ([f"--gin.FGRAM_DIR='{fgram_dir}'"] if method == "scone" else [])
+
+
+# ---- reusing a sweep's runs: only where one is exactly the run compare would train ----------------
+
+_NOT_RESULTS = {"TrainConfig": ("log_every", "eval_every", "checkpoint_every"),   # when it logs and saves
+                "DataConfig": ("data_dir",),                                        # compared by its fingerprint
+                "FgramConfig": ("fgram_dir", "tags_dir", "size")}                   # by the f-grams they give
+
+
+def run_key(gin_files: list[str], bindings: list[str]) -> dict:
+  """What decides a run's results, from its gin files and bindings (or a RUN/config.gin): the
+  resolved main model, data (by fingerprint), schedule, mesh, seed and, for SCONE, A_f's
+  configuration and the f-gram set (K, c_min and data of the file; |V_f| as used, a prefix of the
+  ranked file). Logging and checkpoint intervals are left out: they change no number."""
+  import dataclasses
+
+  from scone_jax import config as C
+  from scone_jax.methods.scone import FgramConfig
+  C.parse_gin(gin_files, bindings)
+  key = {}
+  for cls in (C.ModelConfig, C.DataConfig, C.TrainConfig, C.MeshConfig):
+    fields = dataclasses.asdict(C.build(cls))
+    key[cls.__name__] = {k: v for k, v in fields.items() if k not in _NOT_RESULTS.get(cls.__name__, ())}
+  data_dir = C.build(C.DataConfig).data_dir
+  key["data"] = shards.data_fingerprint(data_dir)
+  if key["ModelConfig"]["embedding"] == "scone":
+    fcfg = C.build(FgramConfig)
+    with open(os.path.join(fcfg.fgram_dir, "meta.json")) as f:
+      meta = json.load(f)
+    key["FgramConfig"] = {k: v for k, v in dataclasses.asdict(fcfg).items() if k not in _NOT_RESULTS["FgramConfig"]}
+    key["fgrams"] = {"max_n": meta["max_n"], "min_count": meta["min_count"], "data": meta["data_fingerprint"],
+                     "size": min(fcfg.size or meta["num_fgrams"], meta["num_fgrams"])}
+  return key
+
+
+def _sweep_runs(sweep_dir: str) -> list[tuple[str, dict]]:
+  """(workdir, run_key) of every finished run of a sweep directory (its sweep.json)."""
+  plan_path = os.path.join(sweep_dir, "sweep.json")
+  if not os.path.isfile(plan_path):
+    raise UserError(f"--runs_from {sweep_dir!r} has no sweep.json: give a directory written by `scone-jax sweep`")
+  with open(plan_path) as f:
+    planned = [r["workdir"] for r in json.load(f)["runs"]]
+  out = []
+  for workdir in planned:
+    if sweep_results.read_run(workdir).status == "done":
+      out.append((workdir, run_key([os.path.join(workdir, "config.gin")], [])))
+  return out
+
+
+def find_same_run(candidates: list[tuple[str, dict]], argv: list[str]) -> str | None:
+  """The first candidate whose run_key equals that of `train argv` (gin files and --gin. flags)."""
+  from scone_jax.config import bindings_from_flags
+  files = [argv[i + 1] for i, a in enumerate(argv) if a == "--gin_file"]
+  want = run_key(files, bindings_from_flags([a for a in argv if a.startswith("--gin.")]))
+  return next((workdir for workdir, key in candidates if key == want), None)
+
+
+def equal_flops_baselines(results: list[dict], steps: int) -> dict[str, int]:
+  """method -> the baseline steps with that method's training FLOPs of `steps` steps (the sweep's
+  rule, sweep_results.equal_flops_steps), for every method whose count differs from `steps`."""
+  base = next((r for r in results if r["method"] == "baseline"), None)
+  if base is None:
+    return {}
+  out = {}
+  for r in results:
+    if r["method"] != "baseline" and r["method"] not in out:
+      n = sweep_results.equal_flops_steps(steps, r["train_flops_per_token"], base["train_flops_per_token"])
+      if n != steps:
+        out[r["method"]] = n
+  return out
 
 
 def _result(method: str, seed: int, workdir: str) -> dict:
@@ -147,7 +257,8 @@ def _result(method: str, seed: int, workdir: str) -> dict:
   losses = [(r["step"], r["loss"]) for r in metrics.read(workdir, "train")]
   return {"method": method, "seed": seed, "eval_loss": summary["eval_loss"], "eval_perplexity": summary["eval_perplexity"],
           "resident_params": acct["resident_params"], "training_params": acct["training_params"],
-          "offloaded_entries": acct["offloaded_entries"], "train_losses": losses}
+          "offloaded_entries": acct["offloaded_entries"], "train_flops_per_token": acct["train_flops_per_token"],
+          "workdir": workdir, "train_losses": losses}
 
 
 def _interleaved(timers: dict, rounds: int) -> dict[str, float]:
@@ -225,30 +336,54 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _aggregate(results: list[dict]) -> list[dict]:
+  """One row per method (and per equal-FLOPs baseline): mean +- std over the seeds; each method's
+  difference in perplexity from the baseline at equal steps and at equal training FLOPs."""
   rows = []
-  for method in dict.fromkeys(r["method"] for r in results):
-    rs = [r for r in results if r["method"] == method]
-    row = {"method": method, "seeds": [r["seed"] for r in rs]}
+  for label in dict.fromkeys(r.get("label", r["method"]) for r in results):
+    rs = [r for r in results if r.get("label", r["method"]) == label]
+    row = {"method": label, "seeds": [r["seed"] for r in rs], "equal_flops_with": rs[0].get("equal_flops_with"),
+           "steps": rs[0].get("steps")}
     for key in ("eval_loss", "eval_perplexity"):
       row[key], row[key + "_std"] = _mean_std([r[key] for r in rs])
-    for key in ("resident_params", "training_params", "offloaded_entries", "train_tokens_per_s", "decode_tokens_per_s"):
+    for key in ("resident_params", "training_params", "offloaded_entries", "train_flops_per_token",
+                "train_tokens_per_s", "decode_tokens_per_s"):
       row[key] = rs[0][key]
     rows.append(row)
+  base = next((r for r in rows if r["method"] == "baseline"), None)
+  for row in rows:
+    if base is None or row is base or row["equal_flops_with"]:
+      continue
+    flops = next((b for b in rows if b["equal_flops_with"] == row["method"]), base)
+    for name, ref in (("equal_steps", base), ("equal_flops", flops)):
+      row[f"delta_{name}"] = row["eval_perplexity"] - ref["eval_perplexity"]
+      # the standard error of the difference of two means over the seeds
+      row[f"delta_{name}_se"] = math.sqrt(row["eval_perplexity_std"] ** 2 / len(row["seeds"])
+                                          + ref["eval_perplexity_std"] ** 2 / len(ref["seeds"]))
+      row[f"{name}_baseline"] = ref["method"]
   return rows
 
 
 def _table_md(table: list[dict]) -> str:
   base = next((r for r in table if r["method"] == "baseline"), None)
   pm = lambda r, k, fmt: format(r[k], fmt) + (f" ± {format(r[k + '_std'], fmt)}" if len(r["seeds"]) > 1 else "")
-  lines = ["| method | validation loss | perplexity | resident params (inference) | training-only params "
-           "| offloaded table entries | train tokens/s | decode tokens/s |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+  def delta(r, name):
+    if f"delta_{name}" not in r:
+      return "-"
+    return f"{r[f'delta_{name}']:+.2f} ± {r[f'delta_{name}_se']:.2f}" + (
+        f" ({r[f'{name}_baseline']})" if name == "equal_flops" else "")
+  lines = ["| method | validation loss | perplexity | Δ ppl vs baseline, equal steps | Δ ppl vs baseline, equal "
+           "training FLOPs | resident params (inference) | training-only params | offloaded table entries "
+           "| train tokens/s | decode tokens/s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in table:
-    delta = ""
+    extra = ""
     if base is not None and r is not base and r["resident_params"] != base["resident_params"]:
-      delta = f" ({r['resident_params'] - base['resident_params']:+,})"
-    lines.append(f"| {r['method']} | {pm(r, 'eval_loss', '.4f')} | {pm(r, 'eval_perplexity', '.2f')} | "
-                 f"{r['resident_params']:,}{delta} | {r['training_params']:,} | {r['offloaded_entries']:,} | "
+      extra = f" ({r['resident_params'] - base['resident_params']:+,})"
+    name = r["method"] + (f" (equal FLOPs with {r['equal_flops_with']})" if r["equal_flops_with"] else "")
+    lines.append(f"| {name} | {pm(r, 'eval_loss', '.4f')} | {pm(r, 'eval_perplexity', '.2f')} | "
+                 f"{delta(r, 'equal_steps')} | {delta(r, 'equal_flops')} | "
+                 f"{r['resident_params']:,}{extra} | {r['training_params']:,} | {r['offloaded_entries']:,} | "
                  f"{r['train_tokens_per_s']:,.0f} | {r['decode_tokens_per_s']:,.0f} |")
   return "\n".join(lines) + "\n"
 
@@ -258,17 +393,25 @@ def _write(out: str, args, table: list[dict], results: list[dict], log: _Log, se
   with open(os.path.join(out, "table.json"), "w") as f:
     json.dump({"table": table, "runs": [{k: v for k, v in r.items() if k != "train_losses"} for r in results],
                "steps": args.steps, "seeds": args.seeds}, f, indent=2)
-  notes = ("\nSame main model for every method (models/demo.gin + runs/demo.gin: d 128, 3 layers, d_ff 512, |V| 4096, "
-           f"{args.steps} steps of 16 x 128 tokens, seeds {', '.join(map(str, args.seeds))}), 4-device CPU mesh. "
-           "Validation loss and perplexity over the whole validation split. Resident parameters differ "
-           "from the baseline only where a method puts weights on the device: the n-gram projections "
-           "W_t (T x d_sub x d = d^2) run on the device; STEM layers have no W_up (d x d_ff each). "
+  mesh = f"{args.devices}-device CPU mesh" if args.devices > 1 else "one CPU device"
+  notes = (f"\nSame main model for every method (models/demo.gin + {args.run_file}: d 128, 3 layers, d_ff 512, "
+           f"|V| 4096, {args.steps} steps of 16 x 128 tokens, seeds {', '.join(map(str, args.seeds))}), {mesh}. "
+           "Validation loss and perplexity over the whole validation split; mean ± sample std over the seeds. "
+           "Δ ppl: the method's mean minus the baseline's, ± the standard error of that difference "
+           "(sqrt(s1²/n1 + s2²/n2)); at equal training FLOPs the baseline trained the steps at which it has used "
+           "the method's training FLOPs (A_f's included; docs/METHODS.md 4), named in parentheses. "
+           "Resident parameters are what the accelerator holds at inference: LongCat's n-gram tables and "
+           "STEM's tables are served from the device today (issue 14), so they count resident; SCONE's f-gram "
+           "table is read from host RAM. "
            "Throughput is measured side by side after training, the methods taking turns (median of "
-           "the rounds): train tokens/s = the jitted train step on the 4-device mesh (16 x 128 tokens); "
+           f"the rounds): train tokens/s = the jitted train step on the {mesh} (16 x 128 tokens); "
            f"decode tokens/s = scone_jax.serve on one CPU device, {args.decode_batch} sequences, "
            f"{args.decode_tokens} teacher-forced steps after a 16-token prompt (SCONE: exported table in "
-           "host RAM; n-gram: host hashing; STEM: tables on the device). CPU numbers on a 2-core machine "
-           "shared with other jobs: they rank the methods' overheads at this tiny size, nothing more.\n")
+           "host RAM; n-gram: host hashing, tables on the device; STEM: tables on the device). CPU numbers on a "
+           "2-core machine: they rank the methods' overheads at this tiny size, nothing more.\n")
+  if getattr(args, "reused", None):
+    notes += "\nRuns reused from the sweep `--runs_from` names (each checked to be the run compare would train):\n\n"
+    notes += "".join(f"- {line}\n" for line in args.reused)
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write("# Baseline vs SCONE vs LongCat n-gram hashing vs STEM\n\n" + _table_md(table) + notes)
   _plot(os.path.join(out, "compare.png"), table, results)
@@ -276,8 +419,12 @@ def _write(out: str, args, table: list[dict], results: list[dict], log: _Log, se
   dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
   argv = ["scone-jax", "compare", "--out", args.out, "--work", args.work, "--steps", str(args.steps),
           "--seeds", *map(str, args.seeds)]
-  if args.data:
-    argv += ["--data", args.data]
+  for flag, value, default in (("--data", args.data, None), ("--run_file", args.run_file, "runs/demo.gin"),
+                               ("--devices", args.devices, DEVICES), ("--baselines", args.baselines, "equal_steps"),
+                               ("--runs_from", args.runs_from, None), ("--fgrams", args.fgrams, 16384),
+                               ("--max_n", args.max_n, 4)):
+    if value != default:
+      argv += [flag, str(value)]
   with open(os.path.join(out, "COMMANDS.md"), "w") as f:
     f.write("# How results/compare was made\n\n")
     f.write(f"From the repository root at commit `{commit}`{' (with uncommitted changes)' if dirty else ''}:\n\n")
@@ -315,7 +462,7 @@ def figure(table: list[dict], results: list[dict]):
   for r in results:
     if r["seed"] == results[0]["seed"] and r["train_losses"]:
       steps, losses = zip(*r["train_losses"])
-      ax_loss.plot(steps, losses, marker="o", ms=3, label=r["method"])
+      ax_loss.plot(steps, losses, marker="o", ms=3, label=r.get("label", r["method"]))
   ax_loss.set(xlabel="step", ylabel="train loss", title=f"training loss (seed {results[0]['seed']})")
   ax_loss.legend()
   means = [r["eval_perplexity"] for r in table]
