@@ -43,11 +43,18 @@ PENDING_WRITES = 4  # blocks written in the background while the next one comput
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--workdir", required=True, help="a SCONE run directory written by `scone-jax train`")
+  p.add_argument("--workdir", required=True, help="a SCONE run directory written by `scone-jax train` "
+                 "(any run with --format safetensors)")
   p.add_argument("--out", required=True, help="the store: a directory, or a tensorstore kvstore URL "
-                 "(file:///dir/, gs://bucket/dir/, memory://)")
+                 "(file:///dir/, gs://bucket/dir/, memory://); a local directory with --format safetensors")
+  p.add_argument("--format", default="zarr", choices=("zarr", "safetensors"),
+                 help="zarr: the f-gram table as a store; safetensors: the main model (Llama names and config.json "
+                 "for the baseline architecture) and, for SCONE, the table of --store (export/hf.py)")
+  p.add_argument("--store", default=None, help="--format safetensors, SCONE runs: the finished zarr store "
+                 "(`scone-jax export`) whose rows go into fgram_table.safetensors")
   p.add_argument("--dtype", default=L.DEFAULT_DTYPE, choices=L.DTYPES,
-                 help="stored dtype; int8 adds a per-row scale (default: %(default)s)")
+                 help="stored dtype; int8 adds a per-row scale (safetensors: float32, float16, bfloat16) "
+                 "(default: %(default)s)")
   p.add_argument("--step", type=flag_range(0), default=None, help="checkpoint step (default: newest)")
   p.add_argument("--rows_per_shard", type=flag_range(0), default=0, help="f-grams per shard file / block (0 = about 32 MiB)")
   p.add_argument("--batch_rows", type=flag_range(0), default=0, help="f-grams per process per A_f call (0 = a whole block)")
@@ -65,6 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+  if args.format == "safetensors":
+    from scone_jax.export import hf
+    return hf.run(args)
+  if args.store is not None:
+    raise UserError("--store is for --format safetensors (a zarr export computes the table itself): drop it")
   parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                   startup_timeout_seconds=args.startup_timeout_seconds, command="export")
   with run_identity.run_lock(args.workdir, shared=True):   # no training of this run meanwhile
