@@ -380,8 +380,12 @@ def launch_steps(args, ns, plan: Plan, text: str) -> list:
   plan_path = f"sweep-{common.last_component(args.out)}.json" if common.is_url(args.out) else R.join(_abs(args.out), PLAN)
   steps = [common.WriteFile(plan_path, text)]
   for b in plan.builds:
+    meta = R.join(b.out, "meta.json")
+    # a finished build is skipped; `test -f` cannot see a bucket object (etils.epath can: the [gcs] extra)
+    probe = (("python3", "-c", f"import sys; from etils import epath; sys.exit(not epath.Path({meta!r}).exists())")
+             if common.is_url(meta) else ("test", "-f", meta))
     steps.append(common.command("scone-jax", *b.argv(_abs(args.data), args.min_count, args.fgram_build_args),
-                                unless=("test", "-f", R.join(b.out, "meta.json"))))
+                                unless=probe))
   if args.backend == "tpu" and ns.detach and len(plan.runs) > 1:
     raise UserError("--detach would start every run on the slice at once; drop it so the runs go one after another")
   for index, run in enumerate(plan.runs):

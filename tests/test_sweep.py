@@ -10,6 +10,8 @@ import json
 import os
 import shlex
 import statistics
+import subprocess
+import sys
 
 import pytest
 
@@ -366,3 +368,20 @@ def test_config_values_gin_wrapped_onto_the_next_line_are_read_whole():
   the end-to-end run's fgram_dir under a long pytest path read as '\\' before)."""
   text = "DIR = \\\n    '/a/very/long/path'\nX.b = [1,\n     2]\nX.c = %DIR\n"
   assert R.parse_config(text) == {"DIR": "/a/very/long/path", "X.b": [1, 2], "X.c": "/a/very/long/path"}
+
+
+def test_a_bucket_sweep_probes_its_fgram_build_through_epath(tiny_corpus, tmp_path, capsys):
+  """`test -f` cannot see a bucket object: with a gs:// --out the build's guard asks etils.epath,
+  and that probe, run here on a local path, exits 0 exactly when the build's meta.json exists."""
+  argv = ["sweep", *TINY, *GRID, "--data", tiny_corpus, "--out", "gs://bucket/sw", "--backend", "xpk",
+          "--cluster", "c", "--workload", "sw", "--tpu_type", "v5p-256", "--dry_run"]
+  assert main(argv) == 0
+  guard = next(line for line in capsys.readouterr().out.splitlines() if "fgrams build" in line)
+  probe = shlex.split(guard.split(" || ")[0])
+  assert probe[:2] == ["python3", "-c"] and "epath.Path('gs://bucket/sw/fgrams/" in probe[2]
+  local = tmp_path / "fg"
+  code = probe[2].replace(probe[2][probe[2].index("'gs://"):probe[2].index("meta.json'") + 10], repr(str(local / "meta.json")))
+  assert subprocess.run([sys.executable, "-c", code]).returncode == 1
+  local.mkdir()
+  (local / "meta.json").write_text("{}")
+  assert subprocess.run([sys.executable, "-c", code]).returncode == 0
