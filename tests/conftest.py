@@ -87,7 +87,7 @@ def tiny_scone_run(tmp_path_factory, tiny_corpus, tiny_fgrams) -> dict:
                  "--gin.TrainConfig.log_every=1", "--gin.TrainConfig.eval_batches=1", "--gin.DataConfig.seq_len=32",
                  "--gin.DataConfig.batch_size=8", "--gin.ModelConfig.d_model=32", "--gin.ModelConfig.d_ff=64",
                  "--gin.TrainConfig.learning_rate=1e-2"]) == 0
-    assert main(["export", "--workdir", os.path.join(path, "run"), "--out", os.path.join(path, "store"),
+    assert main(["export", "--dtype", "float32", "--workdir", os.path.join(path, "run"), "--out", os.path.join(path, "store"),
                  "--rows_per_shard", str(TINY_ROWS_PER_SHARD)]) == 0
   path = _shared(tmp_path_factory, "scone-run", build)
   return {"data": tiny_corpus, "fgrams": tiny_fgrams, "workdir": os.path.join(path, "run"),

@@ -267,7 +267,7 @@ def test_disk_full_and_read_only_output(env, tmp_path, capsys, read_only, comman
                  "--chunk_tokens", "500", "--tmp_dir", mnt, "--out", out])
       finished = os.path.join(out, "meta.json")
     else:   # the shared run's store is ~80 KB in 14 files: it cannot fit in 64 KiB
-      rc = main(["export", "--workdir", env["scone_run"], "--out", out, "--rows_per_shard", "64"])
+      rc = main(["export", "--dtype", "float32", "--workdir", env["scone_run"], "--out", out, "--rows_per_shard", "64"])
       finished = os.path.join(out, "manifest.json")
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err

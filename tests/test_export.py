@@ -120,7 +120,7 @@ def test_every_block_and_batch_size_stores_numpy_af_row_by_row(run, numpy_table,
   """`scone-jax export --rows_per_shard R --batch_rows B` (A_f in R/B calls per block, the last
   block partial): row r of the store is the numpy A_f of f-gram r."""
   url = str(run["tmp"] / f"store_r{rows_per_shard}_b{batch_rows}")
-  assert main(["export", "--workdir", run["workdir"], "--out", url, "--rows_per_shard", str(rows_per_shard),
+  assert main(["export", "--dtype", "float32", "--workdir", run["workdir"], "--out", url, "--rows_per_shard", str(rows_per_shard),
                "--batch_rows", str(batch_rows)]) == 0
   table = _read(url, "embeddings")
   assert table.shape == numpy_table.shape == (TINY_FGRAMS, 32)
@@ -165,7 +165,7 @@ def test_every_dtype_is_the_float32_table_converted(run, dtype):
 def test_memory_and_file_url_kvstores(run):
   loaded = run["loaded"]
   url = "memory://test_export/store/"
-  assert main(["export", "--workdir", run["workdir"], "--out", url, "--rows_per_shard", str(ROWS_PER_SHARD)]) == 0
+  assert main(["export", "--dtype", "float32", "--workdir", run["workdir"], "--out", url, "--rows_per_shard", str(ROWS_PER_SHARD)]) == 0
   want = _read(run["store"], "embeddings")
   for tier, where in (("ram", url), ("remote", url), ("remote", "file://" + run["store"])):
     store = open_store(where, tier, expected=identity_of(loaded))
@@ -175,7 +175,7 @@ def test_memory_and_file_url_kvstores(run):
 def test_interrupted_export_is_incomplete_then_resumes(run, capsys):
   loaded = run["loaded"]
   url = str(run["tmp"] / "store_resumed")
-  cmd = ["export", "--workdir", run["workdir"], "--out", url, "--rows_per_shard", str(ROWS_PER_SHARD)]
+  cmd = ["export", "--dtype", "float32", "--workdir", run["workdir"], "--out", url, "--rows_per_shard", str(ROWS_PER_SHARD)]
   assert main(cmd + ["--stop_after_blocks", "1"]) == 0
   assert "incomplete" in capsys.readouterr().out
   assert L.MANIFEST_ATTR not in json.load(open(os.path.join(url, "zarr.json")))["attributes"]
@@ -201,7 +201,7 @@ def test_interrupted_export_is_incomplete_then_resumes(run, capsys):
 def test_stores_of_another_checkpoint_or_fgram_file_are_refused(run, capsys):
   loaded = run["loaded"]
   url = str(run["tmp"] / "store_step2")
-  assert main(["export", "--workdir", run["workdir"], "--out", url, "--step", "2"]) == 0
+  assert main(["export", "--dtype", "float32", "--workdir", run["workdir"], "--out", url, "--step", "2"]) == 0
   assert main(["eval", "--workdir", run["workdir"], "--store", url, "--format", "json"]) == 2
   assert "another checkpoint" in capsys.readouterr().err
   other_fgrams = dataclasses.replace(identity_of(loaded), fgrams_sha256="0" * 64)
@@ -210,7 +210,7 @@ def test_stores_of_another_checkpoint_or_fgram_file_are_refused(run, capsys):
   foreign = run["tmp"] / "not_a_store"
   foreign.mkdir()
   (foreign / "notes.txt").write_text("mine")
-  assert main(["export", "--workdir", run["workdir"], "--out", str(foreign), "--restart"]) == 2
+  assert main(["export", "--dtype", "float32", "--workdir", run["workdir"], "--out", str(foreign), "--restart"]) == 2
   assert (foreign / "notes.txt").exists()
 
 
@@ -230,7 +230,7 @@ def test_a_store_of_the_old_format_is_refused_until_restarted(run, capsys):
     json.dump({}, f)
   with pytest.raises(UserError, match="old store format v1"):
     open_store(url, "disk", expected=identity_of(run["loaded"]))
-  cmd = ["export", "--workdir", run["workdir"], "--out", url, "--rows_per_shard", str(ROWS_PER_SHARD)]
+  cmd = ["export", "--dtype", "float32", "--workdir", run["workdir"], "--out", url, "--rows_per_shard", str(ROWS_PER_SHARD)]
   capsys.readouterr()
   assert main(cmd) == 2
   err = capsys.readouterr().err.strip().splitlines()
@@ -247,7 +247,7 @@ def test_two_processes_write_the_store_one_process_writes(run):
   own blocks, produce the single-process store."""
   url = str(run["tmp"] / "store_2proc")
   port = free_port()
-  cmd = [sys.executable, "-m", "scone_jax.cli", "export", "--workdir", run["workdir"], "--out", url,
+  cmd = [sys.executable, "-m", "scone_jax.cli", "export", "--dtype", "float32", "--workdir", run["workdir"], "--out", url,
          "--rows_per_shard", str(ROWS_PER_SHARD), "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2"]
   run_all([(cmd + ["--process_id", str(i)], 4, str(run["tmp"] / f"export_{i}.log")) for i in range(2)])
   got, want = _manifest(url), _manifest(run["store"])
@@ -267,7 +267,7 @@ def test_sigkill_during_export_then_rerun_completes(run):
   import signal
   import time
   url = str(run["tmp"] / "store_killed")
-  cmd = [sys.executable, "-m", "scone_jax.cli", "export", "--workdir", run["workdir"], "--out", url,
+  cmd = [sys.executable, "-m", "scone_jax.cli", "export", "--dtype", "float32", "--workdir", run["workdir"], "--out", url,
          "--rows_per_shard", "16"]
   env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
   rng, seed = fault_rng("sigkill during export")
@@ -305,3 +305,13 @@ def test_corrupted_chunk_is_detected_not_decoded(run, capsys):
   with pytest.raises(UserError, match="corrupted"):
     for lo in range(0, store.layout.num_rows, 16):
       store.fetch(np.arange(lo, min(lo + 16, store.layout.num_rows))).result()
+
+
+def test_the_default_dtype_is_float16_the_float32_table_rounded(run):
+  """`export` without --dtype: float16 rows (what zarr-python, numpy and safetensors read natively),
+  each the float32 table's value rounded to nearest."""
+  url = str(run["tmp"] / "store_default")
+  assert main(["export", "--workdir", run["workdir"], "--out", url, "--rows_per_shard", str(ROWS_PER_SHARD)]) == 0
+  assert _manifest(url)["dtype"] == "float16"
+  stored = L.as_rows(_read(url, "embeddings"), "float16")
+  np.testing.assert_array_equal(stored.view(np.uint16), _read(run["store"], "embeddings").astype(np.float16).view(np.uint16))

@@ -38,7 +38,7 @@ def test_every_tier_fetches_the_stored_rows(served):
   assert isinstance(ram, RamStore)
   url = "memory://test_serve/store/"
   # The shared store's block size: A_f over blocks of the same size gives the same bits.
-  assert main(["export", "--workdir", served["run"], "--out", url, "--rows_per_shard", str(TINY_ROWS_PER_SHARD)]) == 0
+  assert main(["export", "--dtype", "float32", "--workdir", served["run"], "--out", url, "--rows_per_shard", str(TINY_ROWS_PER_SHARD)]) == 0
   ids = np.random.default_rng(1).permutation(len(ram.embeddings))[:40]
   for tier, where in (("disk", served["store"]), ("remote", url)):
     store = open_store(where, tier, expected=identity_of(loaded), cache_bytes=1 << 16)

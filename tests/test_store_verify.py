@@ -73,7 +73,7 @@ def test_repair_then_export_rewrites_only_the_bad_block(store, tiny_scone_run, c
   kv = L.open_root(store)
   assert L.read_attributes(kv, L.GROUP) == {} and L.block_key(2) not in [bytes(k).decode() for k in kv.list().result()]
   assert not os.path.exists(os.path.join(store, "progress", "block-00000002"))   # no empty group dir left
-  assert main(["export", "--workdir", tiny_scone_run["workdir"], "--out", store,
+  assert main(["export", "--dtype", "float32", "--workdir", tiny_scone_run["workdir"], "--out", store,
                "--rows_per_shard", str(TINY_ROWS_PER_SHARD)]) == 0
   assert "1 blocks written, 2 resumed" in capsys.readouterr().out
   np.testing.assert_array_equal(_rows(store), original)
