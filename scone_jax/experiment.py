@@ -12,7 +12,7 @@ import os
 import gin
 import jax
 
-from scone_jax import config as C, methods
+from scone_jax import config as C, methods, paths
 from scone_jax.data import pipeline, shards
 from scone_jax.errors import UserError
 from scone_jax.files import atomic_write_text
@@ -122,6 +122,6 @@ def save_operative_config(workdir: str, header: list[str] = ()) -> None:
   lines `header` (versions, devices, values resolved from the data)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)   # nothing for a bucket
   comments = "".join(f"# {line}\n" for line in header)
-  atomic_write_text(os.path.join(workdir, "config.gin"), comments + gin.operative_config_str())
+  atomic_write_text(paths.join(workdir, "config.gin"), comments + gin.operative_config_str())

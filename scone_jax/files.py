@@ -4,6 +4,9 @@ A file is written to a temporary sibling (same filesystem), flushed and fsync'd,
 over its path with os.replace. A directory is written into a temporary sibling directory that
 is renamed into place when the writer finishes, so an interrupted writer (exception, SIGKILL)
 never leaves a directory that looks complete.
+
+A `scheme://` path (gs://...) is written through scone_jax/paths.py instead: one object write,
+atomic on a bucket, and nothing local.
 """
 from __future__ import annotations
 
@@ -19,6 +22,10 @@ from typing import Iterator
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
   """Writes `data` to `path`, replacing it atomically (permissions as open() would give)."""
+  if "://" in path:
+    from scone_jax import paths
+    paths.atomic_write_bytes(path, data)
+    return
   directory, name = os.path.split(os.path.abspath(path))
   tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
   try:

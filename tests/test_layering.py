@@ -20,7 +20,7 @@ STAGES = [
     ("models", ("models",)),
     ("fgram", ("fgram",)),
     ("data", ("data",)),
-    ("base", ("config", "errors", "parallel", "files", "outputs", "progress", "integrity", "pending", "native_log",
+    ("base", ("config", "errors", "parallel", "files", "paths", "outputs", "progress", "integrity", "pending", "native_log",
               "__init__")),
 ]
 RANK = {part: i for i, (_, parts) in enumerate(STAGES) for part in parts}

@@ -7,6 +7,10 @@ Every process writes its own shards of the state and its own data-iterator state
 Integrity: once a step is complete, process 0 records the sha256 of every file in it in
 RUN/checkpoint_hashes/<step>.json (TrainConfig.checkpoint_hashes; local file systems only).
 A restore checks them first: a corrupted checkpoint is refused with the file named, never decoded.
+
+RUN on a bucket (gs://...): orbax is given the URL itself (its paths are etils.epath, its arrays
+tensorstore's gcs kvstore; scone_jax/paths.py configures both, an emulator included). No hash
+records are kept there (as before: TrainConfig.checkpoint_hashes hashes local files only).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from scone_jax import paths
 from scone_jax.config import TrainConfig
 from scone_jax.errors import UserError
 from scone_jax.files import atomic_write_json
@@ -25,9 +30,11 @@ from scone_jax.integrity import file_sha256
 
 class Checkpoints:
   def __init__(self, workdir: str, cfg: TrainConfig, *, read_only: bool = False):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = paths.join(paths.absolute(workdir), "checkpoints")
     self.read_only = read_only
-    self.hashes = cfg.checkpoint_hashes and "://" not in workdir
+    self.hashes = cfg.checkpoint_hashes and not paths.is_remote(workdir)
+    if paths.is_remote(workdir):
+      paths.configure()   # before orbax opens it: epath's backend, the emulator's endpoints
     options = ocp.CheckpointManagerOptions(
         max_to_keep=cfg.keep_checkpoints, enable_async_checkpointing=cfg.async_checkpoint,
         create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
@@ -136,7 +143,7 @@ class Checkpoints:
     restore decides)."""
     try:
       with ocp.StandardCheckpointer() as checkpointer:
-        stored = checkpointer.metadata(os.path.join(self.directory, str(step), "state")).item_metadata
+        stored = checkpointer.metadata(paths.join(self.directory, str(step), "state")).item_metadata
     except Exception:   # noqa: BLE001 - unreadable metadata: the restore reports it
       return None
     stored, wanted = _by_path(stored), _by_path(abstract_state)

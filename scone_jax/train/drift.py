@@ -13,10 +13,9 @@ path alone is recorded, not refused.
 from __future__ import annotations
 
 import json
-import os
 import re
 
-from scone_jax import config as C
+from scone_jax import config as C, paths
 from scone_jax.errors import UserError
 
 CHANGES = "config_changes.jsonl"
@@ -35,11 +34,10 @@ def _refused(name: str, macros_of: dict[str, set[str]]) -> bool:
 def check(workdir: str, current_text: str, step: int) -> dict[str, tuple[str | None, str | None]]:
   """Compares the run's saved config with `current_text`; raises UserError on a refused change;
   returns the allowed changes {NAME: (saved, now)} (None: absent on that side)."""
-  path = os.path.join(workdir, "config.gin")
-  if not os.path.isfile(path):
+  path = paths.join(workdir, "config.gin")
+  if not paths.isfile(path):
     return {}
-  with open(path) as f:
-    saved = C.operative_bindings(f.read())
+  saved = C.operative_bindings(paths.read_text(path))
   now = C.operative_bindings(current_text)
   changed = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
   # A macro counts as the bindings that use it (SEQ = 256; DataConfig.seq_len = %SEQ).
@@ -58,12 +56,11 @@ def check(workdir: str, current_text: str, step: int) -> dict[str, tuple[str | N
 
 
 def record(workdir: str, step: int, changed: dict) -> None:
-  """Appends the allowed changes of a resume to RUN/config_changes.jsonl."""
+  """Appends the allowed changes of a resume to RUN/config_changes.jsonl (a bucket: rewritten whole)."""
   if not changed:
     return
-  with open(os.path.join(workdir, CHANGES), "a") as f:
-    f.write(json.dumps({"resumed_at_step": step, "changes": {k: {"was": a, "now": b} for k, (a, b) in changed.items()}})
-            + "\n")
+  paths.append_text(paths.join(workdir, CHANGES), json.dumps(
+      {"resumed_at_step": step, "changes": {k: {"was": a, "now": b} for k, (a, b) in changed.items()}}) + "\n")
 
 
 def _show(value: str | None) -> str:

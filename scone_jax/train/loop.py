@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import signal
 import threading
 import time
@@ -17,7 +16,7 @@ import gin
 import jax
 import numpy as np
 
-from scone_jax import __version__, config as C, experiment, parallel
+from scone_jax import __version__, config as C, experiment, parallel, paths
 from scone_jax.config import bindings_from_flags, flag_range
 from scone_jax.data import pipeline
 from scone_jax.errors import UserError
@@ -103,7 +102,10 @@ def train(exp, workdir: str, *, quiet: bool = False, stop_after: int | None = No
     _log(line, quiet)
   _log(f"mesh: {dict(mesh.shape)} over {jax.device_count()} devices, {jax.process_count()} process(es)", quiet)
 
-  check_output(workdir, "run", flag="--workdir", inputs=exp.input_dirs())
+  if paths.is_remote(workdir):   # outputs.py reads local directories only; inputs are local, so none overlaps
+    paths.check_bucket(workdir, "--workdir")   # the bucket exists: one line, before anything is written
+  else:
+    check_output(workdir, "run", flag="--workdir", inputs=exp.input_dirs())
   current = exp.identity()
   identity.check(workdir, current, exp.identity_sources(), allow_other_data=allow_other_data)
   with identity.run_lock(workdir):
@@ -193,6 +195,7 @@ def _train(exp, workdir: str, mesh, trainer, acct, current: dict, *, quiet: bool
           writer.write(step, "validation", ev)
           _log(f"step {step:>6}  validation loss {ev['loss']:.4f}  ppl {ev['perplexity']:.2f}", quiet)
         if saving:
+          writer.flush()   # a remote RUN: the records up to a checkpoint reach RUN before it
           ckpt.save(step, state, data_iter, force=True)
         if stopping:
           ckpt.wait()
@@ -202,13 +205,14 @@ def _train(exp, workdir: str, mesh, trainer, acct, current: dict, *, quiet: bool
     writer.write(step, "validation", ev)
     last.update(step=step, eval_loss=ev["loss"], eval_perplexity=ev["perplexity"])
     last["accounting"] = acct.as_dict()
+    writer.flush()   # read back below
     last["train_tokens_per_s"] = _mean_train_throughput(workdir)
     sightings = fgram_sightings(workdir)
     if sightings is not None:
       last["fgram_sightings"] = sightings
     last.pop("fgram_matches", None)
     if jax.process_index() == 0 and step >= cfg.steps:
-      atomic_write_json(os.path.join(workdir, "summary.json"), last, indent=2, sort_keys=True)
+      atomic_write_json(paths.join(workdir, "summary.json"), last, indent=2, sort_keys=True)
     return last
   finally:
     ckpt.close()

@@ -3,18 +3,32 @@
 MFU = achieved model FLOP/s / peak FLOP/s. The peak comes from a table for known accelerators;
 on a CPU (or an unknown device) it is measured: the best FLOP/s of a large float32 matmul on all
 local devices, timed here (this is what `scone-jax bench train` reports against, too).
+
+RUN on a bucket (gs://...): an object cannot be appended to, so the records are kept in memory
+and RUN/metrics.jsonl is rewritten whole (one atomic object write, the earlier invocations'
+records first) at most every FLUSH_S seconds, at each `flush` (the loop flushes before every
+checkpoint, so the records up to a checkpoint are on the bucket before it) and at `close`.
+TensorBoard (tensorboardX writes local files only) writes its event file into a local temporary
+directory that is copied to RUN/tensorboard/ at the same moments; each invocation's event file
+has its own name, so those of earlier invocations stay. `read` returns the same records either way.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 from tensorboardX import SummaryWriter
 
+from scone_jax import paths
+
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+FLUSH_S = 30.0   # a remote RUN: the longest its metrics and TensorBoard files lag behind
 
 # bf16 dense peak per chip, FLOP/s.
 KNOWN_PEAKS = {
@@ -66,29 +80,66 @@ def peak_flops(measure_if_unknown: bool = True, n: int = 512) -> tuple[float, st
 
 class MetricsWriter:
   """Appends one JSON line per record to RUN/metrics.jsonl and mirrors scalars to TensorBoard.
-  Only process 0 writes."""
+  Only process 0 writes. On a bucket both are buffered and rewritten (module docstring)."""
 
   def __init__(self, workdir: str):
     self.enabled = jax.process_index() == 0
+    self.remote = paths.is_remote(workdir)
     self._tb = None
-    if self.enabled:
+    if not self.enabled:
+      return
+    self._path = paths.join(workdir, METRICS_FILE)
+    if self.remote:
+      self._workdir = workdir
+      self._lines = [paths.read_text(self._path)] if paths.exists(self._path) else []
+      self._tb_local = tempfile.mkdtemp(prefix="scone-jax-tensorboard-")
+      self._tb = SummaryWriter(self._tb_local)
+      self._flushed = time.monotonic()
+    else:
       os.makedirs(workdir, exist_ok=True)
-      self._file = open(os.path.join(workdir, METRICS_FILE), "a")
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._file = open(self._path, "a")
+      self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD))
 
   def write(self, step: int, split: str, values: dict) -> None:
     if not self.enabled:
       return
     record = {"step": int(step), "split": split, "time": time.time(), **{k: float(v) for k, v in values.items()}}
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    if self.remote:
+      self._lines.append(json.dumps(record) + "\n")
+    else:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
     for k, v in values.items():
       self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+    if self.remote and time.monotonic() - self._flushed >= FLUSH_S:
+      self.flush()
+
+  def flush(self) -> None:
+    """Makes every record so far durable in RUN (a remote RUN: rewrites its objects; a local one
+    is flushed line by line already)."""
+    if not (self.enabled and self.remote):
+      return
+    self._tb.flush()
+    self._sync()
+
+  def _sync(self) -> None:
+    paths.atomic_write_text(self._path, "".join(self._lines))
+    for name in os.listdir(self._tb_local):
+      paths.upload(os.path.join(self._tb_local, name), paths.join(self._workdir, TENSORBOARD, name))
+    self._flushed = time.monotonic()
 
   def close(self) -> None:
-    if self.enabled:
+    if not self.enabled:
+      return
+    if not self.remote:
       self._file.close()
       self._tb.close()
+      return
+    try:
+      self._tb.close()
+      self._sync()
+    finally:
+      shutil.rmtree(self._tb_local, ignore_errors=True)
 
 
 def read(workdir: str, split: str | None = None) -> list[dict]:
@@ -98,7 +149,7 @@ def read(workdir: str, split: str | None = None) -> list[dict]:
   written. A last line without its newline (still being written) is left out, so the file of a
   running training reads cleanly. Raises FileNotFoundError when the run has logged nothing."""
   records = []
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
+  with paths.open_file(paths.join(workdir, METRICS_FILE)) as f:
     for line in f:
       if not line.endswith("\n"):
         break

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import tempfile
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from scone_jax import experiment, parallel
+from scone_jax import experiment, parallel, paths
 from scone_jax.config import MeshConfig
 from scone_jax.errors import UserError
 from scone_jax.train import identity
@@ -39,10 +40,17 @@ def load_run(workdir: str, *, step: int | None = None, devices=None, data_dir: s
   parallelism). The run's inputs must be the ones it recorded (train/identity.py): data_dir
   (another corpus on purpose) may differ in its data but not in its tokenizer; allow_other_data
   also lets the run's own DATA_DIR or f-gram file have changed."""
-  config_path = os.path.join(workdir, "config.gin")
-  if not os.path.isfile(config_path):
+  config_path = paths.join(workdir, "config.gin")
+  paths.check_bucket(workdir)   # gs://: a missing bucket is one line (nothing for a local path)
+  if not paths.isfile(config_path):
     raise UserError(f"{config_path!r} does not exist: --workdir must be a run directory written by `scone-jax train`")
-  exp = experiment.load([config_path], [], data_dir=data_dir)
+  if paths.is_remote(config_path):   # gin reads local files: parse a local copy of the run's config
+    with tempfile.TemporaryDirectory(prefix="scone-jax-run-config-") as tmp:
+      local = os.path.join(tmp, "config.gin")
+      _copy_down(config_path, local)
+      exp = experiment.load([local], [], data_dir=data_dir)
+  else:
+    exp = experiment.load([config_path], [], data_dir=data_dir)
   identity.check(workdir, exp.identity(), exp.identity_sources(), allow_other_data=allow_other_data,
                  skip=("data_fingerprint",) if data_dir else ())
   devices = list(devices if devices is not None else jax.devices())
@@ -63,7 +71,12 @@ def load_run(workdir: str, *, step: int | None = None, devices=None, data_dir: s
     state = ckpt.restore(step, trainer.abstract_state())
   finally:
     ckpt.close()
-  return LoadedRun(os.path.abspath(workdir), exp, trainer, state.params, int(step))
+  return LoadedRun(paths.absolute(workdir), exp, trainer, state.params, int(step))
+
+
+def _copy_down(remote: str, local: str) -> None:
+  with open(local, "wb") as f:
+    f.write(paths.read_bytes(remote))
 
 
 def params_sha256(params: dict) -> str:
