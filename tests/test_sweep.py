@@ -385,3 +385,15 @@ def test_a_bucket_sweep_probes_its_fgram_build_through_epath(tiny_corpus, tmp_pa
   local.mkdir()
   (local / "meta.json").write_text("{}")
   assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_differences_from_the_baseline_are_paired_by_seed():
+  """A seed gives a point and its baseline the same data order and initialisation: the differences
+  are taken seed by seed (here the seeds' spread, 10 ppl, is shared and cancels)."""
+  base = {"baseline": True, "steps": 300, "perplexity": 165.0, "per_seed": {"0": 155.0, "1": 165.0, "2": 175.0}}
+  point = {"baseline": False, "steps": 300, "perplexity": 162.0, "per_seed": {"0": 151.0, "1": 163.0, "2": 172.0}}
+  d = R.paired_delta(point, base)
+  assert d["mean"] == pytest.approx(-3.0) and d["std"] == pytest.approx(1.0) and (d["seeds"], d["lower"]) == (3, 3)
+  assert R._delta({"delta_equal_steps": d}, "equal_steps") == "-3.00 ± 1.00 (3/3 lower; 300 steps)"
+  assert R.paired_delta(point, {**base, "per_seed": {"5": 1.0}}) is None   # no seed in common
+  assert R.paired_delta({**point, "per_seed": {"0": 151.0, "7": 1.0}}, base)["seeds"] == 1

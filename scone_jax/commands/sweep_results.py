@@ -9,9 +9,9 @@ width, steps, seed, and any sweep axis by its gin name), RUN/summary.json its me
 accounting (docs/METHODS.md 4). A run without config.gin is *missing*, one with config.gin but no
 summary.json *failed* (crashed, killed or still running); both are listed, not dropped.
 
-Paths: every file access goes through the four functions of the "paths" section (`join`,
-`exists`, `read_text`, `list_dirs`), local paths only. Bucket URLs (issue 11) replace those four
-with etils.epath and nothing else.
+Paths: every run file is read through the four functions of the "paths" section (`join`,
+`exists`, `read_text`, `list_dirs`), which are scone_jax/paths.py's: a RUN may be local or a
+bucket URL (gs://...). The table and figures are written to a local OUT.
 """
 from __future__ import annotations
 
@@ -22,31 +22,13 @@ import math
 import os
 import statistics
 
-from scone_jax import config as C
+from scone_jax import config as C, paths
 from scone_jax.errors import UserError
 from scone_jax.outputs import pyplot
 
-# ---- paths: the one place that touches the file system (swap for etils.epath: issue 11) ----------
+# ---- paths: the one place that touches a run's files (local or gs://: scone_jax/paths.py) -------
 
-
-def join(base: str, *parts: str) -> str:
-  return os.path.join(base, *parts)
-
-
-def exists(path: str) -> bool:
-  return os.path.exists(path)
-
-
-def read_text(path: str) -> str:
-  with open(path) as f:
-    return f.read()
-
-
-def list_dirs(path: str) -> list[str]:
-  """The names of the directories in `path`, sorted ([] when it does not exist)."""
-  if not os.path.isdir(path):
-    return []
-  return sorted(n for n in os.listdir(path) if os.path.isdir(os.path.join(path, n)))
+join, exists, read_text, list_dirs = paths.join, paths.exists, paths.read_text, paths.list_dirs
 
 
 # ---- RUN/config.gin -------------------------------------------------------------------------------
@@ -171,6 +153,7 @@ def aggregate(runs: list[Run]) -> list[dict]:
     row["runs"] = [r.workdir for r in group]
     if done:
       row["perplexity"], row["perplexity_std"] = mean_std(r.summary["eval_perplexity"] for r in done)
+      row["per_seed"] = {str(r.coords.get("seed")): r.summary["eval_perplexity"] for r in done}
       row["loss"], row["loss_std"] = mean_std(r.summary["eval_loss"] for r in done)
       for k in ACCOUNTING:
         row[k] = done[0].accounting.get(k)
@@ -201,6 +184,39 @@ def matching_baselines(row: dict, baselines: list[dict], axes=()) -> dict:
   return out
 
 
+def paired_delta(row: dict, base: dict) -> dict | None:
+  """The point's perplexity minus its baseline's, seed by seed (a seed fixes the data order and the
+  initialisation of both, so the seed-to-seed spread they share cancels): mean and sample std of
+  the differences over the seeds both finished, and how many are below 0."""
+  seeds = sorted(set(row.get("per_seed", {})) & set(base.get("per_seed", {})))
+  if not seeds:
+    return None
+  diffs = [row["per_seed"][s] - base["per_seed"][s] for s in seeds]
+  mean, std = mean_std(diffs)
+  return {"mean": mean, "std": std, "seeds": len(seeds), "lower": sum(d < 0 for d in diffs),
+          "baseline_steps": base["steps"]}
+
+
+def add_deltas(rows: list[dict], axes=()) -> None:
+  """Every SCONE point's paired differences from its equal-steps and equal-FLOPs baselines."""
+  baselines = [r for r in rows if r["baseline"] and "perplexity" in r]
+  for row in rows:
+    if row["baseline"] or "perplexity" not in row:
+      continue
+    for name, base in matching_baselines(row, baselines, axes).items():
+      delta = paired_delta(row, base) if base is not None else None
+      if delta is not None:
+        row[f"delta_{name}"] = delta
+
+
+def _delta(row: dict, name: str) -> str:
+  d = row.get(f"delta_{name}")
+  if d is None:
+    return "-"
+  spread = f" ± {d['std']:.2f}" if d["seeds"] > 1 else ""
+  return f"{d['mean']:+.2f}{spread} ({d['lower']}/{d['seeds']} lower; {d['baseline_steps']:,} steps)"
+
+
 def equal_flops_steps(steps: int, flops_per_token: float, baseline_flops_per_token: float) -> int:
   """Baseline steps with the training FLOPs of `steps` steps at `flops_per_token` (same tokens per
   step): the inverse of `describe`'s equal_flops.steps (which shortens the SCONE run instead)."""
@@ -225,7 +241,7 @@ def table_md(rows: list[dict], runs: list[Run], axes=(), title: str = "Sweep") -
   extra = [a for a in axes if a not in ("FgramConfig.size", "FgramConfig.max_n", "FgramConfig.num_layers",
                                         "FgramConfig.d_model")]
   head = ["point", "steps", "K", "|V_f|", "A_f layers", "A_f width", *extra, "seeds (done/planned)", "val ppl",
-          "val loss", "sightings / f-gram", "train FLOPs", "resident params", "training-only params",
+          "val loss", "Δ ppl vs baseline, equal steps", "Δ ppl vs baseline, equal FLOPs", "sightings / f-gram", "train FLOPs", "resident params", "training-only params",
           "offloaded entries"]
   lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   order = sorted(rows, key=lambda r: (not r["baseline"], repr(main_key(r, axes)), r["steps"] or 0,
@@ -236,14 +252,17 @@ def table_md(rows: list[dict], runs: list[Run], axes=(), title: str = "Sweep") -
     cells = [name, _num(r["steps"]), _num(r.get("max_n")), _num(r.get("fgram_size")), _num(r.get("af_layers")),
              _num(r.get("af_width")), *[str(r.get(a)) for a in extra],
              f"{len(r['seeds_done'])}/{len(r['seeds'])}", _pm(r, "perplexity", ".2f"), _pm(r, "loss", ".4f"),
-             _num(r.get("sightings_per_fgram")), _num(r.get("train_flops")), _num(r.get("resident_params")), _num(r.get("training_params")),
+             _delta(r, "equal_steps"), _delta(r, "equal_flops"), _num(r.get("sightings_per_fgram")), _num(r.get("train_flops")), _num(r.get("resident_params")), _num(r.get("training_params")),
              _num(r.get("offloaded_entries"))]
     lines.append("| " + " | ".join(cells) + " |")
   unfinished = [r for r in runs if r.status != "done"]
   if unfinished:
     lines += ["", "Runs not finished (not in the means above):", "", "| run | status | why |", "|---|---|---|"]
     lines += [f"| {r.workdir} | {r.status} | {r.note} |" for r in unfinished]
-  lines += ["", "val ppl / val loss: mean ± sample std over the finished seeds (validation split). sightings / f-gram: "
+  lines += ["", "val ppl / val loss: mean ± sample std over the finished seeds (validation split). Δ ppl: the point's "
+            "perplexity minus its baseline's, seed by seed (the same seed gives both the same data order), mean ± "
+            "sample std of those differences, how many seeds are lower, and the baseline's steps (equal FLOPs: "
+            "the steps at which the baseline has used the point's planned training FLOPs). sightings / f-gram: "
             "training positions whose input embedding was an f-gram's (its longest match), over |V_f| (summary.json "
             "fgram_sightings; mean over seeds). train FLOPs: "
             "steps x tokens per step x training FLOPs per token (docs/METHODS.md 4). Parameters: resident on the "
@@ -436,6 +455,7 @@ def collect(out: str, workdirs, axes=(), title: str = "Sweep") -> tuple[list[dic
     raise UserError(f"none of the {len(runs)} runs of {out!r} has finished (no RUN/summary.json): "
                     "run the sweep first (without --collect_only)")
   rows = aggregate(runs)
+  add_deltas(rows, axes)
   os.makedirs(out, exist_ok=True)
   write_table(out, rows, runs, axes, title)
   write_figures(out, rows, axes)
