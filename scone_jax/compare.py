@@ -205,7 +205,11 @@ def run_key(gin_files: list[str], bindings: list[str]) -> dict:
     fcfg = C.build(FgramConfig)
     with open(os.path.join(fcfg.fgram_dir, "meta.json")) as f:
       meta = json.load(f)
-    key["FgramConfig"] = {k: v for k, v in dataclasses.asdict(fcfg).items() if k not in _NOT_RESULTS["FgramConfig"]}
+    fields = {k: v for k, v in dataclasses.asdict(fcfg).items() if k not in _NOT_RESULTS["FgramConfig"]}
+    for width in ("d_model", "num_heads", "num_kv_heads", "d_ff"):   # 0 = as the main model
+      fields[width] = fields[width] or key["ModelConfig"][width]
+    fields["max_n"] = fields["max_n"] or meta["max_n"]                # 0 = the file's K
+    key["FgramConfig"] = fields
     key["fgrams"] = {"max_n": meta["max_n"], "min_count": meta["min_count"], "data": meta["data_fingerprint"],
                      "size": min(fcfg.size or meta["num_fgrams"], meta["num_fgrams"])}
   return key

@@ -30,7 +30,9 @@ def candidates(tiny_scone_run):
 def test_a_sweep_run_is_reused_only_where_it_is_the_same_run(tiny_scone_run, candidates):
   workdir = tiny_scone_run["workdir"]
   assert compare.find_same_run(candidates, _argv(tiny_scone_run)) == workdir
-  # logging and checkpoint intervals change no number
+  # logging and checkpoint intervals change no number, nor does spelling out a default as its value
+  assert compare.find_same_run(candidates, _argv(tiny_scone_run, **{"FgramConfig.max_n": "3",
+                                                                    "FgramConfig.d_model": "32"})) == workdir
   assert compare.find_same_run(candidates, _argv(tiny_scone_run, **{"TrainConfig.log_every": "7",
                                                                     "TrainConfig.checkpoint_every": "3"})) == workdir
   for change in ({"SEED": "1"}, {"TRAIN_STEPS": str(TINY_STEPS + 1)}, {"TrainConfig.learning_rate": "2e-2"},
