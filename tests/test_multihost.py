@@ -117,6 +117,25 @@ def test_a_killed_process_stops_the_others_with_an_error(tmp_path, victim):
         p.wait()
 
 
+def _wait_for_socket_on(port: int, proc, timeout: float = 120.0) -> None:
+  """Until a TCP socket of this host has `port` at one end (the coordinator listening on it):
+  jax.distributed.initialize has begun. Polled instead of a fixed sleep, since imports take
+  seconds to tens of seconds depending on the machine's load."""
+  needle = f":{port:04X} "
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+      try:
+        with open(table) as f:
+          if any(needle in line for line in f.readlines()[1:]):
+            return
+      except OSError:
+        pass
+    assert proc.poll() is None, f"exited with {proc.returncode} before reaching the coordinator"
+    time.sleep(0.05)
+  raise AssertionError(f"no socket on port {port} after {timeout} s")
+
+
 @pytest.mark.slow
 def test_start_up_never_hangs_silently(tmp_path):
   """A process whose peers never come stops after --startup_timeout_seconds with one line, and
@@ -125,11 +144,17 @@ def test_start_up_never_hangs_silently(tmp_path):
   data_dir = make_data(str(tmp_path / "data"))[0]
   env = {**os.environ, "XLA_FLAGS": parallel.fake_cpu_devices_flags(4), "JAX_PLATFORMS": "cpu"}
   for process_id, stop in ((1, "timeout"), (0, "timeout"), (1, signal.SIGINT), (0, signal.SIGTERM)):
-    cmd = _train_cmd(data_dir, str(tmp_path / f"run{process_id}"), "--coordinator_address", f"127.0.0.1:{free_port()}",
-                     "--num_processes", "2", "--process_id", str(process_id), "--startup_timeout_seconds", "8")
+    port = free_port()
+    limit = "8" if stop == "timeout" else "60"   # a signal must land inside initialize, before its limit
+    cmd = _train_cmd(data_dir, str(tmp_path / f"run{process_id}"), "--coordinator_address", f"127.0.0.1:{port}",
+                     "--num_processes", "2", "--process_id", str(process_id), "--startup_timeout_seconds", limit)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if stop != "timeout":
-      time.sleep(6)   # inside initialize (imports take a few seconds), before the 8 s limit
+      if process_id == 0:   # the coordinator: inside initialize once it listens (its watcher is set up before)
+        _wait_for_socket_on(port, proc)
+        time.sleep(0.5)
+      else:   # a client's refused connections leave no socket to see: imports take seconds (more on a loaded box)
+        time.sleep(20)
       proc.send_signal(stop)
     err = proc.communicate(timeout=120)[1].strip().splitlines()
     want = (2, "did not all reach the coordinator") if stop == "timeout" else (130, "interrupted while waiting")

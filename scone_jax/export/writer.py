@@ -52,9 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  "for the baseline architecture) and, for SCONE, the table of --store (export/hf.py)")
   p.add_argument("--store", default=None, help="--format safetensors, SCONE runs: the finished zarr store "
                  "(`scone-jax export`) whose rows go into fgram_table.safetensors")
-  p.add_argument("--dtype", default=L.DEFAULT_DTYPE, choices=L.DTYPES,
-                 help="stored dtype; int8 adds a per-row scale (safetensors: float32, float16, bfloat16) "
-                 "(default: %(default)s)")
+  p.add_argument("--dtype", default=None, choices=L.DTYPES,
+                 help=f"stored dtype; int8 adds a per-row scale (default: {L.DEFAULT_DTYPE}); --format safetensors: "
+                 "float32 (the default), float16 or bfloat16")
   p.add_argument("--step", type=flag_range(0), default=None, help="checkpoint step (default: newest)")
   p.add_argument("--rows_per_shard", type=flag_range(0), default=0, help="f-grams per shard file / block (0 = about 32 MiB)")
   p.add_argument("--batch_rows", type=flag_range(0), default=0, help="f-grams per process per A_f call (0 = a whole block)")
@@ -74,7 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
   if args.format == "safetensors":
     from scone_jax.export import hf
+    args.dtype = args.dtype or "float32"   # the model's own precision unless asked otherwise
     return hf.run(args)
+  args.dtype = args.dtype or L.DEFAULT_DTYPE
   if args.store is not None:
     raise UserError("--store is for --format safetensors (a zarr export computes the table itself): drop it")
   parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
