@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -346,7 +345,7 @@ def _aggregate(results: list[dict]) -> list[dict]:
   for label in dict.fromkeys(r.get("label", r["method"]) for r in results):
     rs = [r for r in results if r.get("label", r["method"]) == label]
     row = {"method": label, "seeds": [r["seed"] for r in rs], "equal_flops_with": rs[0].get("equal_flops_with"),
-           "steps": rs[0].get("steps")}
+           "steps": rs[0].get("steps"), "per_seed": {str(r["seed"]): r["eval_perplexity"] for r in rs}}
     for key in ("eval_loss", "eval_perplexity"):
       row[key], row[key + "_std"] = _mean_std([r[key] for r in rs])
     for key in ("resident_params", "training_params", "offloaded_entries", "train_flops_per_token",
@@ -359,11 +358,11 @@ def _aggregate(results: list[dict]) -> list[dict]:
       continue
     flops = next((b for b in rows if b["equal_flops_with"] == row["method"]), base)
     for name, ref in (("equal_steps", base), ("equal_flops", flops)):
-      row[f"delta_{name}"] = row["eval_perplexity"] - ref["eval_perplexity"]
-      # the standard error of the difference of two means over the seeds
-      row[f"delta_{name}_se"] = math.sqrt(row["eval_perplexity_std"] ** 2 / len(row["seeds"])
-                                          + ref["eval_perplexity_std"] ** 2 / len(ref["seeds"]))
-      row[f"{name}_baseline"] = ref["method"]
+      # seed by seed, as the sweep's table (a seed fixes both runs' data order and initialisation)
+      delta = sweep_results.paired_delta(row, {**ref, "steps": ref["steps"] or 0})
+      if delta is not None:
+        row[f"delta_{name}"] = delta
+        row[f"{name}_baseline"] = ref["method"]
   return rows
 
 
@@ -372,10 +371,12 @@ def _table_md(table: list[dict]) -> str:
   pm = lambda r, k, fmt: format(r[k], fmt) + (f" ± {format(r[k + '_std'], fmt)}" if len(r["seeds"]) > 1 else "")
 
   def delta(r, name):
-    if f"delta_{name}" not in r:
+    d = r.get(f"delta_{name}")
+    if d is None:
       return "-"
-    return f"{r[f'delta_{name}']:+.2f} ± {r[f'delta_{name}_se']:.2f}" + (
-        f" ({r[f'{name}_baseline']})" if name == "equal_flops" else "")
+    spread = f" ± {d['std']:.2f}" if d["seeds"] > 1 else ""
+    return f"{d['mean']:+.2f}{spread} ({d['lower']}/{d['seeds']} lower" + (
+        f"; {r[f'{name}_baseline']})" if name == "equal_flops" else ")")
   lines = ["| method | validation loss | perplexity | Δ ppl vs baseline, equal steps | Δ ppl vs baseline, equal "
            "training FLOPs | resident params (inference) | training-only params | offloaded table entries "
            "| train tokens/s | decode tokens/s |",
@@ -401,9 +402,10 @@ def _write(out: str, args, table: list[dict], results: list[dict], log: _Log, se
   notes = (f"\nSame main model for every method (models/demo.gin + {args.run_file}: d 128, 3 layers, d_ff 512, "
            f"|V| 4096, {args.steps} steps of 16 x 128 tokens, seeds {', '.join(map(str, args.seeds))}), {mesh}. "
            "Validation loss and perplexity over the whole validation split; mean ± sample std over the seeds. "
-           "Δ ppl: the method's mean minus the baseline's, ± the standard error of that difference "
-           "(sqrt(s1²/n1 + s2²/n2)); at equal training FLOPs the baseline trained the steps at which it has used "
-           "the method's training FLOPs (A_f's included; docs/METHODS.md 4), named in parentheses. "
+           "Δ ppl: the method's perplexity minus the baseline's, seed by seed (a seed fixes both runs' data order "
+           "and initialisation), mean ± sample std of those differences and how many seeds are lower; at equal "
+           "training FLOPs the baseline trained the steps at which it has used the method's planned training FLOPs "
+           "(A_f's planned bound included; docs/METHODS.md 4), named in parentheses. "
            "Resident parameters are what the accelerator holds at inference: LongCat's n-gram tables and "
            "STEM's tables are served from the device today (issue 14), so they count resident; SCONE's f-gram "
            "table is read from host RAM. "

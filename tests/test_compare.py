@@ -65,12 +65,13 @@ def test_equal_flops_baselines_and_the_differences_reported():
   results += [_result("baseline", s, p, 8.0, "baseline, 525 steps", "scone") for s, p in ((0, 226.0), (1, 227.0),
                                                                                            (2, 228.0))]
   rows = {r["method"]: r for r in compare._aggregate(results)}
-  scone = rows["scone"]
-  assert scone["delta_equal_steps"] == pytest.approx(222.0 - 236.0)
-  assert scone["delta_equal_steps_se"] == pytest.approx(math.sqrt(4 / 3 + 1 / 3))   # stds 2 and 1 over 3 seeds
-  assert scone["delta_equal_flops"] == pytest.approx(222.0 - 227.0) and scone["equal_flops_baseline"] == (
+  scone = rows["scone"]   # seed by seed: -15, -14, -13 (the seeds' shared spread cancels)
+  assert scone["delta_equal_steps"]["mean"] == pytest.approx(-14.0) and scone["delta_equal_steps"]["std"] == (
+      pytest.approx(1.0)) and scone["delta_equal_steps"]["lower"] == 3
+  assert scone["delta_equal_flops"]["mean"] == pytest.approx(222.0 - 227.0) and scone["equal_flops_baseline"] == (
       "baseline, 525 steps")
-  assert rows["stem"]["delta_equal_flops"] == rows["stem"]["delta_equal_steps"] == pytest.approx(200.0 - 236.0)
+  stem = rows["stem"]
+  assert stem["delta_equal_flops"]["mean"] == stem["delta_equal_steps"]["mean"] == pytest.approx(200.0 - 236.0)
   assert "delta_equal_steps" not in rows["baseline"] and "delta_equal_steps" not in rows["baseline, 525 steps"]
   table = compare._table_md(list(rows.values()))
-  assert "| scone | " in table and "-14.00 ± 1.29" in table and "(baseline, 525 steps)" in table
+  assert "| scone | " in table and "-14.00 ± 1.00 (3/3 lower)" in table and "(3/3 lower; baseline, 525 steps)" in table
