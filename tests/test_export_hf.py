@@ -26,6 +26,9 @@ from scone_jax.serve.store import open_store
 from scone_jax.train.restore import load_run
 from tests.helpers import TINY_STEPS
 
+# A baseline trained and exported per module (~40 s of CPU): in `make test`, not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 PROMPT_LEN = 12
 
 
