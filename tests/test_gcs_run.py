@@ -24,6 +24,9 @@ from scone_jax.train.restore import load_run
 from tests.gcs_emulator import emulator_env, loopback_only, start_emulator
 from tests.helpers import make_data, read_metrics, tiny_bindings
 
+# Every test here starts the emulator and most train: in `make test`, not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 STEPS, EVERY, STOP = 6, 2, 3
 
 
