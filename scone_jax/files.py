@@ -20,6 +20,14 @@ import tempfile
 from typing import Iterator
 
 
+def human_bytes(n: float) -> str:
+  """A size for a message: GiB from 1 GiB, else MiB from 1 MiB, else KiB."""
+  for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20)):
+    if n >= size:
+      return f"{n / size:,.2f} {unit}"
+  return f"{n / 2 ** 10:,.2f} KiB"
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
   """Writes `data` to `path`, replacing it atomically (permissions as open() would give)."""
   if "://" in path:

@@ -250,3 +250,20 @@ def test_only_the_baseline_architecture_is_called_a_llama():
   gpt2 = blockers(ModelConfig(**small, mlp="gelu", norm="layer", bias=True, positions="learned"))
   assert [b.split("=")[0] for b in gpt2] == ["ModelConfig.mlp", "ModelConfig.norm", "ModelConfig.positions",
                                              "ModelConfig.bias"]
+
+
+def test_a_table_larger_than_the_memory_is_refused_before_reading(tmp_path, capsys, tiny_scone_run, monkeypatch):
+  """The table file is written from memory: a table above the machine's available memory is one
+  line naming its size and the zarr store's tiers, before any row is read or a file written."""
+  from scone_jax.export import hf
+  workdir, store = tiny_scone_run["workdir"], tiny_scone_run["store"]
+  opened = open_store(store, "ram")
+  table = opened.embeddings.nbytes   # the rows alone (the keys come on top): refused at one byte less
+  monkeypatch.setattr(hf, "available_memory", lambda: table - 1)
+  out = tmp_path / "out"
+  err = _refused(capsys, ["export", "--format", "safetensors", "--workdir", workdir, "--store", store, "--out", str(out)],
+                 "available; serve the zarr store")
+  assert "generate --store" in err and f"--store {store!r}" in err
+  assert _siblings(out) == []
+  monkeypatch.setattr(hf, "available_memory", lambda: 10 * table)   # keys and rows fit: exported
+  assert main(["export", "--format", "safetensors", "--workdir", workdir, "--store", store, "--out", str(out)]) == 0

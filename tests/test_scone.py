@@ -31,6 +31,7 @@ def _vocab(rng, k=4, vocab=50, n=40):
   return FgramVocab.from_tuples(grams, [1] * len(grams), FgramMeta(k, len(grams), 1, 0, "", len(grams), vocab))
 
 
+@pytest.mark.slow   # 30 s: the slowest fast test (make test-fast budget 3 min)
 def test_distinct_fgrams_equal_per_position_values_and_grads():
   rng = np.random.default_rng(0)
   vocab = _vocab(rng)

@@ -99,12 +99,13 @@ def test_scone_interrupt_and_resume_is_exact(tiny_corpus, tiny_fgrams, tmp_path)
     loop.train(part, str(tmp_path / "split"), quiet=True, stop_after=5)
   a, b = read_metrics(str(tmp_path / "full")), read_metrics(str(tmp_path / "split"))
   assert sorted(a) == sorted(b) == list(range(1, steps + 1))
-  for s in range(1, steps + 1):
-    assert a[s]["loss"] == b[s]["loss"], s
+  for s in range(1, steps + 1):   # on a mismatch: both records (the batch's A_f shape and matches, or the state)
+    assert a[s]["loss"] == b[s]["loss"], (s, {k: (a[s][k], b[s].get(k)) for k in a[s] if k not in ("tokens_per_s", "mfu")})
   ratios = [a[s]["train_only_executed_over_needed"] for s in a]
   assert all(r >= 1.0 for r in ratios) and max(ratios) > min(ratios)   # shapes really varied
 
 
+@pytest.mark.slow   # 22 s (make test-fast budget 3 min)
 def test_restore_onto_other_meshes(data_dir, tmp_path):
   exp = experiment.load(MESH8, tiny_bindings(data_dir, 3))
   loop.train(exp, str(tmp_path / "run"), quiet=True)
@@ -139,3 +140,4 @@ def test_bad_mesh_is_a_clear_error(data_dir, tmp_path):
   rc = main(["train", *[w for f in MESH8 for w in ("--gin_file", f)], f"--gin.DATA_DIR='{data_dir}'", "--gin.MeshConfig.data=3",
              "--workdir", str(tmp_path / "r")])
   assert rc == 2
+

@@ -26,7 +26,7 @@ import numpy as np
 
 from scone_jax.errors import UserError
 from scone_jax.export import layout as L, manifest as M
-from scone_jax.files import atomic_directory
+from scone_jax.files import atomic_directory, human_bytes
 from scone_jax.outputs import NAMES, artifact_kind
 from scone_jax.train import identity as run_identity
 from scone_jax.train.restore import LoadedRun, load_run, params_sha256
@@ -152,6 +152,22 @@ def _cast(tensors: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
   return {name: np.ascontiguousarray(value.astype(target)) for name, value in tensors.items()}
 
 
+def available_memory() -> int | None:
+  """Bytes of memory this machine can give a new allocation without swapping (Linux's
+  MemAvailable); None where it cannot be read."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
 def fgram_table(store_url: str, run_: LoadedRun) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """A finished store's rows and keys, as stored. Read as serve/store.py's RAM tier reads them
   (that module is a stage above this one): a store of another checkpoint or f-gram file is
@@ -162,6 +178,14 @@ def fgram_table(store_url: str, run_: LoadedRun) -> tuple[dict[str, np.ndarray],
   lay = manifest.layout
   L.check_metadata(kv, store_url, lay)
   arrays = L.open_arrays(store_url, lay.arrays(), context=L.read_context(64 << 20), read_only=True)
+  # safetensors writes a file from arrays in memory: the whole table is read before a byte is
+  # written (at |V_f| = 1e9 and d = 2048 in float16, 4 TB). Refused up front when it cannot fit.
+  need = sum(int(np.prod(a.shape)) * a.dtype.numpy_dtype.itemsize for a in arrays.values())
+  have = available_memory()
+  if have is not None and need > have:
+    raise UserError(f"--store {store_url!r}: its f-gram table is {human_bytes(need)} and a safetensors file is "
+                    f"written from memory, but this machine has {human_bytes(have)} available; serve the zarr "
+                    "store itself (`generate --store`, tiers disk and remote) or export on a host with more memory")
   tensors = {}
   for name, array in arrays.items():
     if list(array.shape) != list(lay.metadata(name)["shape"]):

@@ -33,6 +33,7 @@ from scone_jax import config as C, experiment, parallel
 from scone_jax.config import bindings_from_flags
 from scone_jax.data import shards
 from scone_jax.errors import UserError
+from scone_jax.files import human_bytes
 from scone_jax.train.state import make_trainer
 
 ACCEPTS_EXTRA = True  # --gin.NAME=VALUE overrides
@@ -180,10 +181,6 @@ def bytes_per_chip(tree) -> int:
   return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def _size(n: float) -> str:
-  return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2 ** 20:.2f} MiB"
-
-
 def load_experiment(gin_files: list[str], bindings: list[str]):
   """experiment.load without the data: DATA_DIR may be unset or not on this host. Then a stand-in
   meta.json (in a temporary directory) carries only ModelConfig.vocab_size."""
@@ -299,10 +296,10 @@ def run(args) -> int:
     return 1
   print(f"compile: {time.perf_counter() - t0:.1f} s (lower {t_lower:.1f} s)")
   mem = MemoryUse.of(compiled.memory_analysis())
-  print(f"memory per chip: arguments {_size(mem.arguments)}, outputs {_size(mem.outputs)} "
-        f"({_size(mem.aliased)} aliased to donated arguments), temporaries {_size(mem.temporaries)}, "
-        f"generated code {_size(mem.generated_code)}")
+  print(f"memory per chip: arguments {human_bytes(mem.arguments)}, outputs {human_bytes(mem.outputs)} "
+        f"({human_bytes(mem.aliased)} aliased to donated arguments), temporaries {human_bytes(mem.temporaries)}, "
+        f"generated code {human_bytes(mem.generated_code)}")
   fits = mem.total <= hbm * GIB
-  print(f"{'fits' if fits else 'does not fit'}: total {_size(mem.total)} of {hbm:.2f} GiB HBM per chip "
+  print(f"{'fits' if fits else 'does not fit'}: total {human_bytes(mem.total)} of {hbm:.2f} GiB HBM per chip "
         f"({mem.total / (hbm * GIB):.1%})")
   return 0 if fits else 1
