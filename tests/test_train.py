@@ -141,3 +141,40 @@ def test_bad_mesh_is_a_clear_error(data_dir, tmp_path):
              "--workdir", str(tmp_path / "r")])
   assert rc == 2
 
+
+
+def test_a_restore_sets_the_data_position_and_starts_no_thread(data_dir, tmp_path):
+  """The restored iterator reads the batch after the checkpoint's; its prefetch thread starts at
+  the loop's first `next`, as a fresh run's does (grain's handler would start it inside orbax's
+  restore, while the state is still being read)."""
+  import threading
+
+  import jax.numpy as jnp
+
+  from scone_jax.config import TrainConfig
+  from scone_jax.data import pipeline
+  spec = pipeline.PipelineSpec(data_dir, "train", 16, 4, seed=0, prefetch=2)
+  reference = iter(pipeline.make_dataset(spec))
+  expected = [next(reference)["inputs"] for _ in range(5)]
+  reference.close()
+  ckpt, state = Checkpoints(str(tmp_path / "run"), TrainConfig()), {"x": jnp.arange(4.0)}
+  data = iter(pipeline.make_dataset(spec))
+  for _ in range(3):
+    next(data)
+  ckpt.save(3, state, data, force=True)
+  ckpt.wait()
+  data.close()
+
+  def prefetching() -> int:
+    return sum(t.name.startswith("grain-thread-prefetch") for t in threading.enumerate())
+
+  resumed = iter(pipeline.make_dataset(spec))
+  before = prefetching()
+  restored = ckpt.restore(3, jax.eval_shape(lambda: state), resumed)
+  assert prefetching() == before
+  np.testing.assert_array_equal(restored["x"], np.arange(4.0))
+  np.testing.assert_array_equal(next(resumed)["inputs"], expected[3])
+  np.testing.assert_array_equal(next(resumed)["inputs"], expected[4])
+  assert prefetching() == before + 1
+  resumed.close()
+  ckpt.close()

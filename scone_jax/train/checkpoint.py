@@ -39,7 +39,8 @@ class Checkpoints:
         max_to_keep=cfg.keep_checkpoints, enable_async_checkpointing=cfg.async_checkpoint,
         create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
     try:
-      self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+      self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+          "state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
     except (OSError, PermissionError) as e:
       raise UserError(f"cannot use checkpoint directory {self.directory!r}: {e}") from e
 
@@ -128,7 +129,7 @@ class Checkpoints:
                       "resume with the run's own settings (RUN/config.gin) or pick a new --workdir")
     args = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
-      args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      args["data"] = grain.checkpoint.CheckpointRestore(_Position(data_iterator))
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     except (ValueError, TypeError) as e:   # shapes or tree of another configuration
@@ -141,10 +142,11 @@ class Checkpoints:
     """The first array whose stored shape or dtype differs from `abstract_state`'s, from the
     step's metadata; None if all agree or the trees cannot be compared leaf by leaf (then the
     restore decides)."""
-    try:
-      with ocp.StandardCheckpointer() as checkpointer:
-        stored = checkpointer.metadata(paths.join(self.directory, str(step), "state")).item_metadata
+    try:   # the manager's own handler reads the step's metadata (no second checkpointer, no log line)
+      stored = self.manager.item_metadata(step)["state"]
     except Exception:   # noqa: BLE001 - unreadable metadata: the restore reports it
+      return None
+    if stored is None:
       return None
     stored, wanted = _by_path(stored), _by_path(abstract_state)
     if set(stored) != set(wanted):
@@ -164,6 +166,22 @@ class Checkpoints:
     self.manager.wait_until_finished()
     self.seal()
     self.manager.close()
+
+
+class _Position:
+  """Restores a data iterator's position and nothing else. grain's handler also starts the
+  iterator's prefetch thread, from inside orbax's restore: a resumed run then began producing
+  batches (SCONE's bucket sampling included) while its state was still being read, where a fresh
+  run starts them at its first `next`. With this the loop starts both the same way."""
+
+  def __init__(self, iterator):
+    self.iterator = iterator
+
+  def set_state(self, state: bytes) -> None:   # the handler hands a non-grain item its JSON as bytes
+    self.iterator.set_state(json.loads(state))
+
+  def start_prefetch(self) -> None:
+    pass
 
 
 def _by_path(tree) -> dict[tuple[str, ...], object]:
