@@ -17,3 +17,12 @@ def _default_platforms() -> None:
 
 
 _default_platforms()
+
+
+def __getattr__(name: str):
+  # The Python API (scone_jax/api.py) is imported on first use: `import scone_jax` and the CLI's
+  # start stay as light as before.
+  if name in ("load", "Model"):
+    import importlib
+    return getattr(importlib.import_module("scone_jax.api"), name)
+  raise AttributeError(f"module 'scone_jax' has no attribute {name!r}")

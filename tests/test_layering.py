@@ -11,7 +11,7 @@ import scone_jax
 ROOT = os.path.dirname(scone_jax.__file__)
 # Highest first. A module may import its own stage and any stage below it.
 STAGES = [
-    ("commands", ("cli", "commands", "sweep", "compare", "demo", "bench")),
+    ("commands", ("cli", "commands", "sweep", "compare", "demo", "bench", "api")),
     ("serve", ("serve",)),
     ("export", ("export",)),
     ("train", ("train",)),
