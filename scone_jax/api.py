@@ -6,8 +6,10 @@
     model.score(["import os"])                       # -> float64 [N]: log-likelihood in nats
     model.embed_fgrams([(17, 4), (17, 4, 9)])         # -> float32 [U, d]: A_f's rows (SCONE)
 
-Each call is what the CLI does for it (`generate`, `eval --task`, `export`): the run's checkpoint
-on one device, its tokenizer, its method's features, the same one-line errors (UserError).
+Each call is what the CLI does for it (`generate`, `eval --task`, `export`): the run's checkpoint,
+its tokenizer, its method's features, the same one-line errors (UserError). `devices=N` splits a
+batch of sequences over N devices of this host (data parallel: the parameters replicated on each,
+the KV cache and activations sharded over the mesh's data axis); rows are padded to a multiple of N.
 """
 from __future__ import annotations
 
@@ -58,8 +60,11 @@ class Model:
       raise UserError(f"prompt plus max_new_tokens is {need} tokens, more than the model supports "
                       f"(ModelConfig.max_seq_len={self.run.exp.model.max_seq_len})")
     meta = self.run.exp.data_meta
-    out = self._decoder(Sampling(temperature, top_k, top_p).validate(), seed).generate(
-        ids, max_new_tokens=max_new_tokens, bos_id=meta.bos_id, eos_id=meta.eos_id)
+    n = len(ids)   # data parallel over the sequences: rows padded to a multiple of the devices
+    padded = ids + [ids[0]] * (-n % self.devices)
+    with jax.set_mesh(self.run.trainer.mesh):   # the KV cache and activations shard over "data"
+      out = self._decoder(Sampling(temperature, top_k, top_p).validate(), seed).generate(
+          padded, max_new_tokens=max_new_tokens, bos_id=meta.bos_id, eos_id=meta.eos_id)[:n]
     if not as_text:
       return out
     texts = [self.tokenizer.decode(t) for t in out]
@@ -107,8 +112,15 @@ class Model:
       return np.zeros((0, self.run.exp.model.d_model), np.float32)
     if self._rows is None:
       self._rows = AfRows(self.run.trainer, self.run.params, "float32")
-    rows, _ = self._rows(tokens, lengths)
-    return np.asarray(rows, np.float32)
+    n, pad = len(tokens), -len(tokens) % self.devices   # whole rows per device
+    rows, _ = self._rows(np.concatenate([tokens, tokens[:1].repeat(pad, 0)]),
+                         np.concatenate([lengths, lengths[:1].repeat(pad)]))
+    return np.asarray(rows[:n], np.float32)
+
+  @property
+  def devices(self) -> int:
+    """The devices the run is loaded on (the mesh's data axis: sequences split over them)."""
+    return self.run.trainer.mesh.shape["data"]
 
   # -- tokens --------------------------------------------------------------------------------
   def _encode(self, text: str) -> list[int]:
@@ -126,16 +138,24 @@ class Model:
     return out
 
 
-def load(workdir: str, *, store: str | None = None, tier: str = "ram", step: int | None = None,
-         data_dir: str | None = None, cache_mb: int = 64, allow_other_data: bool = False) -> Model:
-  """A trained run (RUN, local or a bucket URL) on one device. store: SCONE's exported table (a
-  path or kvstore URL) read from `tier` (ram, disk, remote); None computes f-gram embeddings with
-  A_f from the checkpoint. step: a checkpoint step (default the newest); data_dir: the tokenizer's
-  DATA (default the run's)."""
+def load(workdir: str, *, store: str | None = None, tier: str = "ram", devices: int | Sequence = 1,
+         step: int | None = None, data_dir: str | None = None, cache_mb: int = 64,
+         allow_other_data: bool = False) -> Model:
+  """A trained run (RUN, local or a bucket URL). store: SCONE's exported table (a path or kvstore
+  URL) read from `tier` (ram, disk, remote); None computes f-gram embeddings with A_f from the
+  checkpoint. devices: how many of this host's devices (or which): the parameters are replicated
+  on each and a batch of sequences is split over them (data parallel). step: a checkpoint step
+  (default the newest); data_dir: the tokenizer's DATA (default the run's)."""
   if tier not in ("ram", "disk", "remote"):
     raise UserError(f"tier={tier!r}: pick ram, disk or remote")
-  run = load_run(workdir, step=step, devices=jax.devices()[:1], data_dir=data_dir,
-                 mesh_config=MeshConfig(data=1, fsdp=1, tensor=1), allow_other_data=allow_other_data)
+  local = jax.local_devices()
+  if isinstance(devices, int):
+    if not 1 <= devices <= len(local):
+      raise UserError(f"devices={devices}: this host has {len(local)} device(s)")
+    devices = local[:devices]
+  devices = list(devices)
+  run = load_run(workdir, step=step, devices=devices, data_dir=data_dir,
+                 mesh_config=MeshConfig(data=len(devices), fsdp=1, tensor=1), allow_other_data=allow_other_data)
   opened = None
   if store not in (None, "", "none"):
     if run.exp.method.fgram_vocab is None:

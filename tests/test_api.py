@@ -103,3 +103,18 @@ def test_a_bad_tier_or_run_is_a_user_error(tmp_path):
     scone_jax.load(str(tmp_path), tier="ssd")
   with pytest.raises(UserError, match="config.gin"):
     scone_jax.load(str(tmp_path / "nothing"))
+
+
+def test_several_devices_split_the_sequences_and_give_the_same_results(model, tiny_scone_run):
+  """Data parallel over 4 of the 8 fake CPU devices: 3 prompts of different lengths (padded to 4
+  rows), their scores and f-gram rows equal the one-device model's."""
+  wide = scone_jax.load(tiny_scone_run["workdir"], devices=4)
+  assert wide.devices == 4 and len(wide.run.params["token_embed"].sharding.device_set) == 4
+  prompts = PROMPTS + ["a"]
+  assert wide.generate(prompts, max_new_tokens=8) == model.generate(prompts, max_new_tokens=8)
+  texts = ["the cat sat on the mat.", "a small dog", "my friend"]
+  np.testing.assert_allclose(wide.score(texts), model.score(texts), rtol=1e-5)
+  grams = model.run.exp.method.fgram_vocab.as_tuples()[:3]
+  np.testing.assert_allclose(wide.embed_fgrams(grams), model.embed_fgrams(grams), rtol=1e-5, atol=1e-6)
+  with pytest.raises(UserError, match="this host has 8 device"):
+    scone_jax.load(tiny_scone_run["workdir"], devices=9)
