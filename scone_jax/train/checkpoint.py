@@ -178,10 +178,24 @@ class _Position:
     self.iterator = iterator
 
   def set_state(self, state: bytes) -> None:   # the handler hands a non-grain item its JSON as bytes
-    self.iterator.set_state(json.loads(state))
+    self.iterator.set_state(_grain_state(json.loads(state)))
 
   def start_prefetch(self) -> None:
     pass
+
+
+def _grain_state(state):
+  """A data iterator's state as grain built it, from its JSON: the concat-then-split packer's
+  `remainder_slices` are (start, stop) tuples, and it tells "no remainder" by comparing them with
+  (-1, -1). JSON gives lists, which never equal that tuple: a checkpoint taken where a row ended
+  at a document's end (no remainder) restored as a remainder sliced at -1, and the resumed run
+  read other documents from that point (grain 0.2.18's own handler does the same)."""
+  if isinstance(state, dict):
+    return {k: ({f: tuple(v) for f, v in value.items()} if k == "remainder_slices" and isinstance(value, dict)
+                else _grain_state(value)) for k, value in state.items()}
+  if isinstance(state, list):
+    return [_grain_state(v) for v in state]
+  return state
 
 
 def _by_path(tree) -> dict[tuple[str, ...], object]:
