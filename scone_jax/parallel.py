@@ -161,7 +161,10 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   # A dead peer is noticed by missed heartbeats; every other process then stops with an error
   # instead of waiting forever in a collective.
   where = coordinator_address or "the auto-detected coordinator"
-  with _StartupWatch(startup_timeout_seconds, f"scone-jax {command}", where, num_processes):
+  # train keeps SIGTERM with jax's preemption notifier (every process then saves the same step);
+  # the other commands end on it, as before.
+  with _StartupWatch(startup_timeout_seconds, f"scone-jax {command}", where, num_processes,
+                     keep_preemption=command == "train"):
     # jax's own limit is later than ours: it aborts the process from C++ with a stack trace.
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id, heartbeat_timeout_seconds=heartbeat_timeout_seconds,
@@ -178,8 +181,9 @@ class _StartupWatch:
 
   SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-  def __init__(self, timeout_s: float, prog: str, where: str, processes: int | None):
+  def __init__(self, timeout_s: float, prog: str, where: str, processes: int | None, *, keep_preemption: bool = False):
     self.timeout_s, self.prog, self.where, self.processes = timeout_s, prog, where, processes
+    self.keep_preemption = keep_preemption
     self._done = threading.Event()
 
   def __enter__(self):
@@ -220,9 +224,19 @@ class _StartupWatch:
     self._thread.join()
     signal.set_wakeup_fd(self._old_fd)
     for sig, handler in self._old.items():
+      if sig == signal.SIGTERM and self.keep_preemption and preemption_synchronized():
+        continue   # jax's preemption notifier took SIGTERM during initialize: restoring would undo it
       signal.signal(sig, handler)
     os.close(self._read)
     os.close(self._write)
+
+
+def preemption_synchronized() -> bool:
+  """Whether SIGTERM reaches jax's preemption sync manager: several processes, started by
+  jax.distributed (its notifier catches SIGTERM in C++; `reached_preemption_sync_point` then
+  names one step for every process: the first step past every process's current one)."""
+  from jax._src import distributed
+  return jax.process_count() > 1 and distributed.global_state.preemption_sync_manager is not None
 
 
 class Agreement:

@@ -117,6 +117,48 @@ def test_a_killed_process_stops_the_others_with_an_error(tmp_path, victim):
         p.wait()
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_process_saves_the_same_step_on_every_process(tmp_path):
+  """A preemption notice reaches one host: SIGTERM to process 1 only. jax's preemption sync
+  manager names one step to both, both save it together and exit 0 (process 0 says so); run again,
+  the two processes finish with the losses of one process x 8 devices trained straight through."""
+  import signal
+  steps = 60
+  data_dir = make_data(str(tmp_path / "data"))[0]
+  long = [f"--gin.TRAIN_STEPS={steps}", "--gin.TrainConfig.checkpoint_every=1000"]
+  run_all([(_train_cmd(data_dir, str(tmp_path / "one"), *long), 8, str(tmp_path / "one.log"))], TIMEOUT_S)
+  run = str(tmp_path / "run")
+  coordinator = f"127.0.0.1:{free_port()}"
+  two = [(_train_cmd(data_dir, run, *long, "--coordinator_address", coordinator, "--num_processes", "2",
+                     "--process_id", str(p)), 4, str(tmp_path / f"p{p}.log")) for p in range(2)]
+  procs = []
+  try:
+    for cmd, devices, log in two:
+      env = {**os.environ, "XLA_FLAGS": parallel.fake_cpu_devices_flags(devices), "JAX_PLATFORMS": "cpu"}
+      procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (tmp_path / "run" / "metrics.jsonl").exists() or len(read_metrics(run)) < 3:
+      assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "training did not start"
+      time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=TIMEOUT_S) for p in procs]   # bounded: a mismatched save would hang
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  out = open(tmp_path / "p0.log").read()
+  assert codes == [0, 0], out[-3000:]
+  saved = [int(w) for w in out.split("SIGTERM: saved step ")[1].split()[:1]]
+  assert len(saved) == 1 and 3 <= saved[0] < steps, out[-2000:]
+  assert sorted(int(d) for d in os.listdir(os.path.join(run, "checkpoints")) if d.isdigit()) == saved
+  run_all(two, TIMEOUT_S)   # resumed from the saved step, to the end
+  a, b = read_metrics(str(tmp_path / "one")), read_metrics(run)
+  assert sorted(a) == sorted(b) == list(range(1, steps + 1))
+  np.testing.assert_allclose([b[s]["loss"] for s in sorted(b)], [a[s]["loss"] for s in sorted(a)], rtol=1e-5)
+  print(f"SIGTERM to process 1: both processes saved step {saved[0]} of {steps}")
+
+
 def _wait_for_socket_on(port: int, proc, timeout: float = 120.0) -> None:
   """Until a TCP socket of this host has `port` at one end (the coordinator listening on it):
   jax.distributed.initialize has begun. Polled instead of a fixed sleep, since imports take

@@ -65,19 +65,31 @@ def run(args) -> int:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps."""
+  """Turns SIGTERM into a flag the loop checks between steps (`reached(step)`). One process: a
+  Python handler. Several: a SIGTERM to any one of them (a preemption notice goes to one host)
+  is caught by jax's preemption sync manager, which names the same step to every process, so all
+  save that step together (each on its own would call the save's collectives at different steps,
+  and mismatch or hang)."""
 
   def __init__(self):
     self.requested = False
     self._old = None
+    self._synchronized = parallel.preemption_synchronized()
 
   def __enter__(self):
-    if threading_is_main():
+    if threading_is_main() and not self._synchronized:
       self._old = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def _handle(self, signum, frame):
     self.requested = True
+
+  def reached(self, step: int) -> bool:
+    """Whether to save and stop after `step`; with several processes called at every step by all."""
+    if self._synchronized:
+      from jax.experimental import multihost_utils
+      self.requested = self.requested or multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
   def __exit__(self, *exc):
     if self._old is not None:
@@ -155,7 +167,7 @@ def _train(exp, workdir: str, mesh, trainer, acct, current: dict, *, quiet: bool
           step_fn = trainer.jit_train_step(local)
         state, m = step_fn(state, batch)
         step += 1
-        stopping = preempt.requested or (stop_after is not None and step - start >= stop_after)
+        stopping = preempt.reached(step) or (stop_after is not None and step - start >= stop_after)
         saving = step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping
         # A checkpoint step is logged too, so the per-interval counts (fgram_matches) a resume
         # continues from cover every step up to its checkpoint.
