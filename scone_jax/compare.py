@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -69,6 +70,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       "(same resolved model, data, schedule, mesh, f-grams and seed: checked) are reused, not retrained")
 
 
+def shell_join(argv: list[str]) -> str:
+  """argv as one line that a POSIX shell splits back into these words: words with quotes of one
+  kind go in the other kind (`"--gin.DATA_DIR='/data'"`, as one types them), the rest as shlex."""
+  out = []
+  for word in argv:
+    quoted = shlex.quote(word)
+    if quoted != word and "'" in word and not set('"$`\\!') & set(word):
+      quoted = f'"{word}"'
+    out.append(quoted)
+  return " ".join(out)
+
+
 class _Log:
   """The sub-commands run, with their seconds, kept in WORK/stages.json across invocations (a
   resumed comparison still lists every stage in COMMANDS.md)."""
@@ -81,12 +94,12 @@ class _Log:
         self.commands = json.load(f)
 
   def run(self, argv: list[str]) -> None:
-    print(f"\n=== scone-jax {' '.join(argv)}", flush=True)
+    print(f"\n=== scone-jax {shell_join(argv)}", flush=True)
     t0 = time.time()
     rc = main(argv)
     if rc:
-      raise UserError(f"`scone-jax {' '.join(argv)}` failed with exit status {rc}")
-    self.commands.append([" ".join(argv), time.time() - t0])
+      raise UserError(f"`scone-jax {shell_join(argv)}` failed with exit status {rc}")
+    self.commands.append([shell_join(argv), time.time() - t0])   # pastes into a shell as it is
     with open(self.path, "w") as f:
       json.dump(self.commands, f, indent=1)
 
@@ -434,7 +447,7 @@ def _write(out: str, args, table: list[dict], results: list[dict], log: _Log, se
   with open(os.path.join(out, "COMMANDS.md"), "w") as f:
     f.write("# How results/compare was made\n\n")
     f.write(f"From the repository root at commit `{commit}`{' (with uncommitted changes)' if dirty else ''}:\n\n")
-    f.write("```\n" + " ".join(argv) + "\n```\n\n")
+    f.write("```\n" + shell_join(argv) + "\n```\n\n")
     staged = sum(s for _, s in log.commands)
     f.write(f"On {os.cpu_count()} CPU cores, jax {jax.__version__}, {jax.device_count()} CPU devices: the stages "
             f"below took {staged / 60:.1f} min in all (over every invocation; a rerun skips finished stages); "
