@@ -10,6 +10,7 @@ sharded differently from the main model.
 """
 from __future__ import annotations
 
+import glob
 import math
 import os
 import select
@@ -144,15 +145,15 @@ def check_divisible(shape: Sequence[int], names: Sequence[str | None], mesh: Mes
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None, *, heartbeat_timeout_seconds: int = 100,
                            startup_timeout_seconds: int = 300, command: str = "train") -> None:
-  """Starts jax.distributed from flags, or auto-detects Cloud TPU / SLURM; no-op for one process.
+  """Starts jax.distributed from flags, or with jax's own detection where `cluster_environment()`
+  names one (SLURM, GKE, Open MPI, a Cloud TPU VM: one host of a slice included, then one process);
+  else a no-op.
 
   On CPU the cross-process collectives go through gloo. Start-up never hangs silently: while the
   processes find each other a line says so every 30 s; after startup_timeout_seconds, or on
   Ctrl-C / SIGTERM, the process stops with one line (see _StartupWatch)."""
   explicit = coordinator_address is not None or num_processes is not None or process_id is not None
-  on_cluster = "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
-  on_tpu_pod = "TPU_WORKER_HOSTNAMES" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
-  if not (explicit or on_cluster or on_tpu_pod):
+  if not (explicit or cluster_environment()):
     return
   if explicit and (coordinator_address is None or num_processes is None or process_id is None):
     raise UserError("multi-host needs all of --coordinator_address, --num_processes and --process_id")
@@ -169,6 +170,28 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id, heartbeat_timeout_seconds=heartbeat_timeout_seconds,
                                initialization_timeout=startup_timeout_seconds + 60)
+
+
+def tpu_attached() -> bool:
+  """TPU chips on this host (their device files), known without asking anything."""
+  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def cluster_environment() -> str | None:
+  """The multi-host environment this process was started in, from local evidence only (its
+  environment variables and device files), or None. Then jax.distributed.initialize() finds the
+  coordinator, the process count and id itself: from SLURM's variables, GKE's TPU variables, Open
+  MPI's, or on a Cloud TPU VM from its metadata server (the one request it makes, and only there:
+  on a host without TPUs nothing is asked of anyone)."""
+  if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    return "SLURM"
+  if "MEGASCALE_COORDINATOR_ADDRESS" in os.environ or "TPU_WORKER_HOSTNAMES" in os.environ:
+    return "GKE TPU"
+  if "OMPI_MCA_orte_hnp_uri" in os.environ:
+    return "Open MPI"
+  if tpu_attached():
+    return "Cloud TPU VM"
+  return None
 
 
 class _StartupWatch:

@@ -202,3 +202,32 @@ def test_start_up_never_hangs_silently(tmp_path):
     want = (2, "did not all reach the coordinator") if stop == "timeout" else (130, "interrupted while waiting")
     assert proc.returncode == want[0] and len(err) == 1 and want[1] in err[0], (process_id, stop, proc.returncode, err)
     assert not os.path.exists(tmp_path / f"run{process_id}"), "nothing written before the processes met"
+
+
+@pytest.mark.parametrize("env,tpu,expected", [
+    ({}, False, None),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, False, None),   # one task: nothing to join
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, False, "SLURM"),
+    ({"TPU_WORKER_HOSTNAMES": "h0,h1"}, False, "GKE TPU"),
+    ({"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:1"}, False, "Open MPI"),
+    ({}, True, "Cloud TPU VM"),
+])
+def test_multi_host_start_is_detected_from_local_evidence(monkeypatch, env, tpu, expected):
+  """jax.distributed.initialize() runs, with jax's own detection, exactly where an environment is
+  named; with none (this machine) it is not called at all, so nothing is asked off the host."""
+  for name in ("SLURM_JOB_ID", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
+               "OMPI_MCA_orte_hnp_uri"):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  monkeypatch.setattr(parallel, "tpu_attached", lambda: tpu)
+  assert parallel.cluster_environment() == expected
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+  monkeypatch.setattr(jax.config, "update", lambda *args: None)   # gloo stays out of this process
+  parallel.initialize_distributed(command="eval")
+  if expected is None:
+    assert calls == []
+  else:
+    [kwargs] = calls
+    assert kwargs["coordinator_address"] is None and kwargs["num_processes"] is None and kwargs["process_id"] is None
