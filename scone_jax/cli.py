@@ -26,7 +26,7 @@ COMMANDS: dict[str, object] = {
     "eval": ("scone_jax.commands.eval", "loss, perplexity, bits per byte on held-out corpora; multiple choice"),
     "compile": ("scone_jax.train.aot", "AOT-compile the train step for a TPU topology"),
     "describe": ("scone_jax.commands.describe", "parameter and FLOP accounting of gin files as JSON, without data"),
-    "export": ("scone_jax.export.writer", "precompute the f-gram table into a zarr store"),
+    "export": ("scone_jax.export.writer", "precompute the f-gram table into a zarr store, or write safetensors (--format)"),
     "generate": ("scone_jax.serve.generate", "decode from a trained run"),
     "store": {
         "verify": ("scone_jax.serve.verify", "read a store once and check every block against its hash"),

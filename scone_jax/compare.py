@@ -347,10 +347,6 @@ def decode_throughput(runs: dict[str, tuple[str, str | None]], data: str, batch:
   return _interleaved(timers, rounds)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def _aggregate(results: list[dict]) -> list[dict]:
   """One row per method (and per equal-FLOPs baseline): mean +- std over the seeds; each method's
   difference in perplexity from the baseline at equal steps and at equal training FLOPs."""
@@ -360,7 +356,7 @@ def _aggregate(results: list[dict]) -> list[dict]:
     row = {"method": label, "seeds": [r["seed"] for r in rs], "equal_flops_with": rs[0].get("equal_flops_with"),
            "steps": rs[0].get("steps"), "per_seed": {str(r["seed"]): r["eval_perplexity"] for r in rs}}
     for key in ("eval_loss", "eval_perplexity"):
-      row[key], row[key + "_std"] = _mean_std([r[key] for r in rs])
+      row[key], row[key + "_std"] = sweep_results.mean_std([r[key] for r in rs])
     for key in ("resident_params", "training_params", "offloaded_entries", "train_flops_per_token",
                 "train_tokens_per_s", "decode_tokens_per_s"):
       row[key] = rs[0][key]
