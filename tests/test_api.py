@@ -17,6 +17,7 @@ from scone_jax.cli import main
 from scone_jax.errors import UserError
 from tests.reference import np_fgram_embedding, np_forward, np_params
 
+pytestmark = pytest.mark.slow   # each test loads and compiles the shared tiny run (make test-fast: 3 min)
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 PROMPTS = ["the cat sat on", "my friend looked at the red"]
 
