@@ -154,7 +154,7 @@ CONFIG = """# Macros:
 DATA_DIR = '/d'
 FGRAM_DIR = '{fg}'
 SEED = {seed}
-TRAIN_STEPS = 10
+TRAIN_STEPS = {steps}
 
 DataConfig.batch_size = 4
 DataConfig.seq_len = 8
@@ -171,10 +171,11 @@ TrainConfig.buckets = [1,
 """
 
 
-def _fake_run(path, *, seed, size, layers, ppl, fg, method="scone", summary=True):
+def _fake_run(path, *, seed, size, layers, ppl, fg, method="scone", summary=True, steps=10):
   os.makedirs(path)
   with open(os.path.join(path, "config.gin"), "w") as f:
-    f.write(CONFIG.format(fg=fg if method == "scone" else "", seed=seed, size=size, layers=layers, method=method))
+    f.write(CONFIG.format(fg=fg if method == "scone" else "", seed=seed, size=size, layers=layers, method=method,
+                          steps=steps))
   if summary:
     acct = {"resident_params": 100, "training_params": 50 * layers if method == "scone" else 0,
             "offloaded_entries": size * 16 if method == "scone" else 0, "train_flops_per_token": 1000.0 + layers,
@@ -196,16 +197,18 @@ def test_collector_lists_failed_and_missing_runs(tmp_path, capsys):
     _fake_run(os.path.join(runs, f"{point}{seed}"), seed=seed, size=size, layers=1, ppl=value, fg=fg,
               method="token" if point == "base" else "scone")
   _fake_run(os.path.join(runs, "crashed"), seed=1, size=16, layers=1, ppl=0, fg=fg, summary=False)
-  planned = [os.path.join(runs, n) for n in ("a0", "a1", "a2", "b0", "crashed", "never", "base0", "base1")]
+  # A baseline point none of whose runs finished: still the baseline (its config says so), not "token".
+  _fake_run(os.path.join(runs, "long0"), seed=0, size=0, layers=1, ppl=0, fg=fg, method="token", summary=False, steps=20)
+  planned = [os.path.join(runs, n) for n in ("a0", "a1", "a2", "b0", "crashed", "never", "base0", "base1", "long0")]
   with open(os.path.join(out, "sweep.json"), "w") as f:
     json.dump({"axes": {"FgramConfig.size": ["8", "16"]}, "runs": [{"workdir": w} for w in planned]}, f)
   assert main(["sweep", "--out", out, "--collect_only"]) == 0
   table = json.load(open(os.path.join(out, "table.json")))
   status = {os.path.basename(r["workdir"]): r["status"] for r in table["runs"]}
   assert status == {"a0": "done", "a1": "done", "a2": "done", "b0": "done", "crashed": "failed", "never": "missing",
-                    "base0": "done", "base1": "done"}
-  rows = {(r["fgram_size"], r["baseline"]): r for r in table["points"]}
-  a, b, base = rows[(8, False)], rows[(16, False)], rows[(None, True)]
+                    "base0": "done", "base1": "done", "long0": "failed"}
+  rows = {(r["fgram_size"], r["baseline"], r["steps"]): r for r in table["points"]}
+  a, b, base = rows[(8, False, 10)], rows[(16, False, 10)], rows[(None, True, 10)]
   assert a["perplexity"] == pytest.approx(statistics.mean([50, 54, 55]))
   assert a["perplexity_std"] == pytest.approx(statistics.stdev([50, 54, 55]))
   assert b["perplexity"] == 40.0 and b["seeds"] == [0, 1] and b["seeds_done"] == [0]   # the crashed seed
@@ -214,10 +217,12 @@ def test_collector_lists_failed_and_missing_runs(tmp_path, capsys):
   assert a["train_flops"] == 1001.0 * 10 * 4 * 8
   md = open(os.path.join(out, "table.md")).read()
   assert "| failed |" in md and "| missing |" in md and "54.85 ± 2.75" not in md
+  [long] = [r for r in table["points"] if r["steps"] == 20]
+  assert long["baseline"] and "perplexity" not in long and "| token |" not in md
   assert f"{statistics.mean([50, 54, 55]):.2f} ± {statistics.stdev([50, 54, 55]):.2f}" in md
   [vf] = [f for f in R.figure_data(table["points"], ["FgramConfig.size"]) if f.name == "ppl_vs_fgrams"]
   assert [s.x for s in vf.series] == [[8, 16]] and vf.bands[0][1] == pytest.approx(61.0)
-  assert R.parse_config(CONFIG.format(fg="x", seed=3, size=1, layers=1, method="s"))["TrainConfig.buckets"] == [1, 2]
+  assert R.parse_config(CONFIG.format(fg="x", seed=3, size=1, layers=1, method="s", steps=10))["TrainConfig.buckets"] == [1, 2]
 
 
 def test_y_limits_start_below_the_lowest_point_and_show_every_band():

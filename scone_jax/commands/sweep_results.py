@@ -149,7 +149,8 @@ def aggregate(runs: list[Run]) -> list[dict]:
     row = {k: v for k, v in group[0].coords.items() if k != "seed"}
     row["seeds"] = sorted(r.coords.get("seed") for r in group)
     row["seeds_done"] = sorted(r.coords.get("seed") for r in done)
-    row["baseline"] = bool(done) and done[0].is_baseline
+    # Finished: the accounting says it. None finished: the config's method (the main model alone).
+    row["baseline"] = done[0].is_baseline if done else group[0].coords.get("method") == "token"
     row["runs"] = [r.workdir for r in group]
     if done:
       row["perplexity"], row["perplexity_std"] = mean_std(r.summary["eval_perplexity"] for r in done)
