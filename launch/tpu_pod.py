@@ -137,9 +137,14 @@ def remote_train_command(run: TrainRun, env: Sequence[tuple[str, str]], log_dir:
   ])
 
 
+PASSED_THROUGH = ("LIBTPU_INIT_ARGS",)   # the launching shell's TPU runtime flags reach every worker
+
+
 def run_steps(args: argparse.Namespace, run: TrainRun, run_name: str) -> list[Step]:
-  remote = remote_train_command(run, common.parse_env(args.env), args.log_dir, run_name,
-                                args.detach)
+  env = common.parse_env(args.env)
+  given = {name for name, _ in env}
+  env += [(name, os.environ[name]) for name in PASSED_THROUGH if name in os.environ and name not in given]
+  remote = remote_train_command(run, env, args.log_dir, run_name, args.detach)
   return [_ssh_all(args, remote)]
 
 

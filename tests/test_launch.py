@@ -119,6 +119,19 @@ def test_tpu_run_on_all_workers_with_logs(capsys):
   assert subprocess.run(["bash", "-n", "-c", remote]).returncode == 0
 
 
+def test_tpu_run_passes_libtpu_init_args_through(capsys, monkeypatch):
+  """LIBTPU_INIT_ARGS of the launching shell reaches every worker; an --env of it wins."""
+  monkeypatch.setenv("LIBTPU_INIT_ARGS", "--xla_tpu_enable_async_collective_fusion=true")
+  base = ["run", "--name", "t", "--zone", "z", *GIN_FLAGS, "--workdir", "gs://b/r"]
+  [ssh] = commands(dry_run(tpu_pod, base, capsys))
+  assert "export LIBTPU_INIT_ARGS=--xla_tpu_enable_async_collective_fusion=true" in ssh[-1]
+  [ssh] = commands(dry_run(tpu_pod, base + ["--env", "LIBTPU_INIT_ARGS=--mine"], capsys))
+  assert ssh[-1].count("LIBTPU_INIT_ARGS") == 1 and "export LIBTPU_INIT_ARGS=--mine" in ssh[-1]
+  monkeypatch.delenv("LIBTPU_INIT_ARGS")
+  [ssh] = commands(dry_run(tpu_pod, base, capsys))
+  assert "LIBTPU_INIT_ARGS" not in ssh[-1]
+
+
 def test_tpu_run_detached(capsys):
   [ssh] = commands(dry_run(tpu_pod, ["run", "--name", "t", "--zone", "z", *GIN_FLAGS,
                                      "--workdir", "gs://b/r", "--detach"], capsys))
