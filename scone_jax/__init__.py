@@ -5,13 +5,18 @@ import os as _os
 __version__ = "0.1.0"
 
 
+def tpu_attached() -> bool:
+  """TPU chips on this host (their device files), known without asking anything or importing jax."""
+  return bool(_glob.glob("/dev/accel*") or _glob.glob("/dev/vfio/[0-9]*"))
+
+
 def _default_platforms() -> None:
   # libtpu is installed everywhere (for AOT compilation against TPU topologies); on a host with no
   # TPU attached, JAX would still probe it and print pages of warnings. Pick the platforms that
   # exist unless the user chose.
   if "JAX_PLATFORMS" in _os.environ:
     return
-  if _glob.glob("/dev/accel*") or _glob.glob("/dev/vfio/[0-9]*"):
+  if tpu_attached():
     return
   _os.environ["JAX_PLATFORMS"] = "cuda,cpu" if _glob.glob("/dev/nvidia[0-9]*") else "cpu"
 

@@ -19,15 +19,12 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from scone_jax.config import MeshConfig
 from scone_jax.data.tokenizer import open_data_tokenizer
 from scone_jax.errors import UserError
-from scone_jax.export.manifest import identity_of
 from scone_jax.export.writer import AfRows
 from scone_jax.serve.decode import Decoder
+from scone_jax.serve.generate import load_decoder
 from scone_jax.serve.sampling import Sampling
-from scone_jax.serve.store import open_store
-from scone_jax.train.restore import load_run
 from scone_jax.train.tasks import Scorer
 
 
@@ -153,13 +150,6 @@ def load(workdir: str, *, store: str | None = None, tier: str = "ram", devices: 
     if not 1 <= devices <= len(local):
       raise UserError(f"devices={devices}: this host has {len(local)} device(s)")
     devices = local[:devices]
-  devices = list(devices)
-  run = load_run(workdir, step=step, devices=devices, data_dir=data_dir,
-                 mesh_config=MeshConfig(data=len(devices), fsdp=1, tensor=1), allow_other_data=allow_other_data)
-  opened = None
-  if store not in (None, "", "none"):
-    if run.exp.method.fgram_vocab is None:
-      raise run.exp.method.no_store_error(f"run {workdir!r}")
-    opened = open_store(store, tier, expected=identity_of(run), cache_bytes=cache_mb << 20)
-  decoder = Decoder(run.trainer.model, run.params, run.exp.model, run.exp.method.decode_features(opened))
-  return Model(run, decoder, open_data_tokenizer(run.exp.data.data_dir), opened)
+  decoder, run = load_decoder(workdir, store=store, tier=tier, step=step, data_dir=data_dir,
+                              cache_bytes=cache_mb << 20, allow_other_data=allow_other_data, devices=devices)
+  return Model(run, decoder, open_data_tokenizer(run.exp.data.data_dir), decoder.store)

@@ -10,7 +10,6 @@ sharded differently from the main model.
 """
 from __future__ import annotations
 
-import glob
 import math
 import os
 import select
@@ -23,6 +22,7 @@ from typing import Sequence
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from scone_jax import tpu_attached
 from scone_jax.config import MeshConfig
 from scone_jax.errors import UserError
 
@@ -170,11 +170,6 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id, heartbeat_timeout_seconds=heartbeat_timeout_seconds,
                                initialization_timeout=startup_timeout_seconds + 60)
-
-
-def tpu_attached() -> bool:
-  """TPU chips on this host (their device files), known without asking anything."""
-  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
 def cluster_environment() -> str | None:

@@ -37,6 +37,7 @@ class Decoder:
 
   def __init__(self, model_fn: Callable, params, cfg, features, sampling: Sampling = Sampling(), seed: int = 0):
     self.model_fn, self.params, self.cfg, self.features = model_fn, params, cfg, features
+    self.store = None   # the opened store the features read rows from, if any (serve/generate.load_decoder)
     self.sampling = sampling.validate()
     self._base_key = jax.random.key(seed)
     self._prefill = jax.jit(self._prefill_impl, donate_argnums=(1,))

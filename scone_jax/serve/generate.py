@@ -47,11 +47,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_decoder(workdir: str, *, store: str | None = "none", tier: str = "ram", sampling: Sampling = Sampling(),
                  seed: int = 0, step: int | None = None, data_dir: str | None = None,
-                 cache_bytes: int = 64 << 20, allow_other_data: bool = False):
-  """(Decoder, LoadedRun): the run's checkpoint on one device, with its method's decode features
-  (SCONE: rows from `store`, or A_f when store is none)."""
-  run = load_run(workdir, step=step, devices=jax.devices()[:1], data_dir=data_dir,
-                 mesh_config=MeshConfig(data=1, fsdp=1, tensor=1), allow_other_data=allow_other_data)
+                 cache_bytes: int = 64 << 20, allow_other_data: bool = False, devices=None):
+  """(Decoder, LoadedRun): the run's checkpoint with its method's decode features (SCONE: rows
+  from `store`, or A_f when store is none), on one device or data parallel over `devices`
+  (parameters replicated). The opened store, if any, is `decoder.store`."""
+  devices = list(devices) if devices is not None else jax.devices()[:1]
+  run = load_run(workdir, step=step, devices=devices, data_dir=data_dir,
+                 mesh_config=MeshConfig(data=len(devices), fsdp=1, tensor=1), allow_other_data=allow_other_data)
   opened = None
   if store not in (None, "", "none"):
     if run.exp.method.fgram_vocab is None:
@@ -59,6 +61,7 @@ def load_decoder(workdir: str, *, store: str | None = "none", tier: str = "ram",
     opened = open_store(store, tier, expected=identity_of(run), cache_bytes=cache_bytes)
   features = run.exp.method.decode_features(opened)
   decoder = Decoder(run.trainer.model, run.params, run.exp.model, features, sampling, seed=seed)
+  decoder.store = opened
   return decoder, run
 
 
